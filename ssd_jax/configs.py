@@ -1,0 +1,279 @@
+"""Model configurations: frozen, hashable ``SSDConfig`` and the presets.
+
+A config fixes everything that shapes the compiled program: the input size, the layer widths,
+the default boxes and the box-coding conventions. Being frozen and hashable, it can be passed to
+``jax.jit`` as a static argument and used as a cache key.
+
+Presets:
+  ``ssd300``              the paper's SSD300, VOC default-box sizes, 21 classes.
+  ``ssd300_coco``         SSD300 with the COCO default-box sizes, 81 classes.
+  ``ssd512``              the paper's SSD512, VOC sizes.
+  ``ssd300_torchvision``  torchvision's ssd300_vgg16: 91 classes, COCO scales, w/h clamp of the
+                          default boxes and its decode clamp, so that its weights reproduce its
+                          detections.
+  ``ssd_tiny``            the same layer types with narrow layers and a 160-pixel input, for tests
+                          and the CPU quickstart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+# Caffe's VGG16 ImageNet mean in RGB order; subtracted inside the model.
+IMAGENET_MEAN_RGB = (123.0, 117.0, 104.0)
+# torchvision's box coder clamps the decoded log-scale here (log(1000 / 16)).
+TORCHVISION_DECODE_CLAMP = math.log(1000.0 / 16)
+
+PRIOR_CLIP_MODES = ("none", "wh", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtraLayer:
+    """One extra feature block: a 1x1 conv to ``mid`` channels, then a ``kernel`` conv to ``out``."""
+
+    mid: int
+    out: int
+    kernel: int = 3
+    stride: int = 2
+    padding: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SSDConfig:
+    """Everything that fixes an SSD model's shapes and box conventions.
+
+    Sizes (``steps``, ``min_sizes``, ``max_sizes``) are in input pixels; one entry per source
+    feature map, sources ordered conv4_3, fc7, then the extra blocks.
+    """
+
+    name: str
+    num_classes: int  # including background (class 0)
+    image_size: int
+    feature_map_sizes: tuple[int, ...]
+    steps: tuple[float, ...]
+    min_sizes: tuple[float, ...]
+    max_sizes: tuple[float, ...]
+    aspect_ratios: tuple[tuple[float, ...], ...]
+    # Model widths: VGG blocks conv1..conv5 (2, 2, 3, 3, 3 convs), fc6/fc7, extra blocks.
+    backbone_widths: tuple[int, int, int, int, int] = (64, 128, 256, 512, 512)
+    fc_width: int = 1024
+    extras: tuple[ExtraLayer, ...] = ()
+    # Box conventions.
+    variances: tuple[float, float] = (0.1, 0.2)
+    prior_clip: str = "none"  # 'none' (Caffe), 'wh' (torchvision), 'all' (some ports)
+    decode_clamp: float | None = None  # upper bound on the decoded log-scale, None for none
+    clip_boxes: bool = True  # clip detections to the image
+    # Input normalisation (RGB, subtracted from pixels in [0, 255]).
+    mean_rgb: tuple[float, float, float] = IMAGENET_MEAN_RGB
+    l2norm_scale: float = 20.0
+    # Matching and loss.
+    match_iou_threshold: float = 0.5
+    neg_pos_ratio: float = 3.0
+
+    def __post_init__(self):
+        validate(self)
+
+    @property
+    def num_sources(self) -> int:
+        return 2 + len(self.extras)
+
+    @property
+    def boxes_per_location(self) -> tuple[int, ...]:
+        """Default boxes per feature-map cell: (s, s), (s', s'), then two per aspect ratio."""
+        return tuple(2 + 2 * len(ratios) for ratios in self.aspect_ratios)
+
+    @property
+    def num_priors(self) -> int:
+        return sum(n * size * size for n, size in zip(self.boxes_per_location, self.feature_map_sizes))
+
+    @property
+    def source_channels(self) -> tuple[int, ...]:
+        return (self.backbone_widths[3], self.fc_width) + tuple(e.out for e in self.extras)
+
+
+def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def architecture_feature_map_sizes(
+    image_size: int, extras: tuple[ExtraLayer, ...]
+) -> tuple[int, ...]:
+    """Spatial sizes of the source maps that the VGG16-SSD layers produce from ``image_size``.
+
+    pool1, pool2 and pool4 round down, pool3 rounds up (75 -> 38 in SSD300); the 3x3 convs,
+    pool5 (3x3/1/pad 1) and the dilated fc6 keep the size.
+    """
+    size = image_size // 2  # pool1
+    size = size // 2  # pool2
+    size = -(-size // 2)  # pool3, ceil mode
+    sizes = [size]  # conv4_3
+    size = size // 2  # pool4
+    sizes.append(size)  # fc7
+    for extra in extras:
+        size = _conv_out(size, extra.kernel, extra.stride, extra.padding)
+        sizes.append(size)
+    return tuple(sizes)
+
+
+def validate(config: SSDConfig) -> None:
+    """Raises ``ValueError`` naming the first inconsistency in ``config``."""
+    name = f"SSDConfig {config.name!r}"
+    if config.num_classes < 2:
+        raise ValueError(f"{name}: num_classes={config.num_classes} must count background and at least one class")
+    if config.image_size <= 0:
+        raise ValueError(f"{name}: image_size must be positive, got {config.image_size}")
+    per_source = {
+        "feature_map_sizes": config.feature_map_sizes,
+        "steps": config.steps,
+        "min_sizes": config.min_sizes,
+        "max_sizes": config.max_sizes,
+        "aspect_ratios": config.aspect_ratios,
+    }
+    for field, values in per_source.items():
+        if len(values) != config.num_sources:
+            raise ValueError(
+                f"{name}: {field} has {len(values)} entries but the model has {config.num_sources} "
+                f"source feature maps (conv4_3, fc7 and {len(config.extras)} extra layers)"
+            )
+    expected = architecture_feature_map_sizes(config.image_size, config.extras)
+    if min(expected) < 1:
+        raise ValueError(f"{name}: image_size {config.image_size} is too small for these layers: sizes {expected}")
+    if tuple(config.feature_map_sizes) != expected:
+        raise ValueError(
+            f"{name}: feature_map_sizes {tuple(config.feature_map_sizes)} do not match the sizes "
+            f"{expected} that the layers produce from a {config.image_size}-pixel input"
+        )
+    for i, (lo, hi) in enumerate(zip(config.min_sizes, config.max_sizes)):
+        if not 0 < lo <= hi:
+            raise ValueError(f"{name}: source {i} needs 0 < min_size <= max_size, got {lo}, {hi}")
+    if any(step <= 0 for step in config.steps):
+        raise ValueError(f"{name}: steps must be positive, got {config.steps}")
+    if any(r <= 0 for ratios in config.aspect_ratios for r in ratios):
+        raise ValueError(f"{name}: aspect ratios must be positive, got {config.aspect_ratios}")
+    if config.prior_clip not in PRIOR_CLIP_MODES:
+        raise ValueError(f"{name}: prior_clip must be one of {PRIOR_CLIP_MODES}, got {config.prior_clip!r}")
+    if len(config.variances) != 2 or min(config.variances) <= 0:
+        raise ValueError(f"{name}: variances must be two positive numbers, got {config.variances}")
+    if len(config.backbone_widths) != 5 or min(config.backbone_widths) <= 0 or config.fc_width <= 0:
+        raise ValueError(f"{name}: backbone_widths needs 5 positive widths and fc_width > 0")
+    if not 0 < config.match_iou_threshold <= 1:
+        raise ValueError(f"{name}: match_iou_threshold must be in (0, 1], got {config.match_iou_threshold}")
+    if config.neg_pos_ratio < 0:
+        raise ValueError(f"{name}: neg_pos_ratio must be >= 0, got {config.neg_pos_ratio}")
+
+
+_SSD300_EXTRAS = (
+    ExtraLayer(256, 512, kernel=3, stride=2, padding=1),
+    ExtraLayer(128, 256, kernel=3, stride=2, padding=1),
+    ExtraLayer(128, 256, kernel=3, stride=1, padding=0),
+    ExtraLayer(128, 256, kernel=3, stride=1, padding=0),
+)
+_SSD300_RATIOS = ((2.0,), (2.0, 3.0), (2.0, 3.0), (2.0, 3.0), (2.0,), (2.0,))
+_SSD300_STEPS = (8, 16, 32, 64, 100, 300)
+_VOC300_SIZES = (30.0, 60.0, 111.0, 162.0, 213.0, 264.0, 315.0)
+_COCO300_SIZES = (21.0, 45.0, 99.0, 153.0, 207.0, 261.0, 315.0)
+
+
+def _ssd300(name: str, num_classes: int, sizes: tuple[float, ...], **overrides) -> SSDConfig:
+    return SSDConfig(
+        name=name,
+        num_classes=num_classes,
+        image_size=300,
+        feature_map_sizes=(38, 19, 10, 5, 3, 1),
+        steps=_SSD300_STEPS,
+        min_sizes=sizes[:-1],
+        max_sizes=sizes[1:],
+        aspect_ratios=_SSD300_RATIOS,
+        extras=_SSD300_EXTRAS,
+        **overrides,
+    )
+
+
+def ssd300(num_classes: int = 21) -> SSDConfig:
+    """The paper's SSD300 with the VOC default-box sizes (Caffe: priors not clipped)."""
+    return _ssd300("ssd300", num_classes, _VOC300_SIZES)
+
+
+def ssd300_coco(num_classes: int = 81) -> SSDConfig:
+    """SSD300 with the COCO default-box sizes (min 21 ... max 315 pixels)."""
+    return _ssd300("ssd300_coco", num_classes, _COCO300_SIZES)
+
+
+def ssd300_torchvision(num_classes: int = 91) -> SSDConfig:
+    """torchvision's ``ssd300_vgg16``: COCO scales, priors' w/h clamped to [0, 1], decode clamp."""
+    return _ssd300(
+        "ssd300_torchvision",
+        num_classes,
+        _COCO300_SIZES,
+        prior_clip="wh",
+        decode_clamp=TORCHVISION_DECODE_CLAMP,
+    )
+
+
+def ssd512(num_classes: int = 21) -> SSDConfig:
+    """The paper's SSD512 (VOC sizes): seven sources, the last extra conv 4x4 with padding 1."""
+    sizes = (35.84, 76.8, 153.6, 230.4, 307.2, 384.0, 460.8, 537.6)
+    return SSDConfig(
+        name="ssd512",
+        num_classes=num_classes,
+        image_size=512,
+        feature_map_sizes=(64, 32, 16, 8, 4, 2, 1),
+        steps=(8, 16, 32, 64, 128, 256, 512),
+        min_sizes=sizes[:-1],
+        max_sizes=sizes[1:],
+        aspect_ratios=((2.0,),) + ((2.0, 3.0),) * 4 + ((2.0,), (2.0,)),
+        extras=(
+            ExtraLayer(256, 512, kernel=3, stride=2, padding=1),
+            ExtraLayer(128, 256, kernel=3, stride=2, padding=1),
+            ExtraLayer(128, 256, kernel=3, stride=2, padding=1),
+            ExtraLayer(128, 256, kernel=3, stride=2, padding=1),
+            ExtraLayer(128, 256, kernel=4, stride=1, padding=1),
+        ),
+    )
+
+
+def ssd_tiny(num_classes: int = 21) -> SSDConfig:
+    """A narrow SSD on 160-pixel inputs: the same layer types, widths / 8, five sources.
+
+    Source maps 20, 10, 5, 3, 1; default-box scales spread evenly from 0.1 to 0.9 of the image
+    as in the paper's formula.
+    """
+    image_size = 160
+    extras = (
+        ExtraLayer(32, 64, kernel=3, stride=2, padding=1),
+        ExtraLayer(16, 32, kernel=3, stride=2, padding=1),
+        ExtraLayer(16, 32, kernel=3, stride=1, padding=0),
+    )
+    feature_maps = architecture_feature_map_sizes(image_size, extras)
+    scales = (0.1, 0.2, 0.375, 0.55, 0.725, 0.9)
+    sizes = tuple(s * image_size for s in scales)
+    return SSDConfig(
+        name="ssd_tiny",
+        num_classes=num_classes,
+        image_size=image_size,
+        feature_map_sizes=feature_maps,
+        steps=tuple(image_size / f for f in feature_maps),
+        min_sizes=sizes[:-1],
+        max_sizes=sizes[1:],
+        aspect_ratios=((2.0,), (2.0, 3.0), (2.0, 3.0), (2.0,), (2.0,)),
+        backbone_widths=(8, 16, 32, 64, 64),
+        fc_width=128,
+        extras=extras,
+    )
+
+
+PRESETS = {
+    "ssd300": ssd300,
+    "ssd300_coco": ssd300_coco,
+    "ssd300_torchvision": ssd300_torchvision,
+    "ssd512": ssd512,
+    "ssd_tiny": ssd_tiny,
+}
+
+
+def get(name: str, **kwargs) -> SSDConfig:
+    """Looks a preset up by name, e.g. ``get('ssd300', num_classes=21)``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown SSD config {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name](**kwargs)
