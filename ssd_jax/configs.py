@@ -24,6 +24,8 @@ import math
 IMAGENET_MEAN_RGB = (123.0, 117.0, 104.0)
 # torchvision's box coder clamps the decoded log-scale here (log(1000 / 16)).
 TORCHVISION_DECODE_CLAMP = math.log(1000.0 / 16)
+# torchvision writes the same mean as fractions of 255 (0.48235, 0.45882, 0.40784).
+TORCHVISION_MEAN_RGB = (0.48235 * 255, 0.45882 * 255, 0.40784 * 255)
 
 PRIOR_CLIP_MODES = ("none", "wh", "all")
 
@@ -208,6 +210,7 @@ def ssd300_torchvision(num_classes: int = 91) -> SSDConfig:
         _COCO300_SIZES,
         prior_clip="wh",
         decode_clamp=TORCHVISION_DECODE_CLAMP,
+        mean_rgb=TORCHVISION_MEAN_RGB,
     )
 
 

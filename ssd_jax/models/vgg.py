@@ -1,0 +1,86 @@
+"""VGG16 base of SSD: conv1_1 .. conv5_3, L2Norm on conv4_3, the reduced fc6/fc7."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# Xavier-uniform weights and zero biases, as the reference SSD initialises its new layers.
+kernel_init = nn.initializers.xavier_uniform()
+
+
+def conv(features: int, kernel: int, *, name: str, dtype: Any, stride: int = 1, padding: int = 0,
+         dilation: int = 1) -> nn.Conv:
+    """A square NHWC convolution with explicit symmetric padding (Caffe/PyTorch semantics)."""
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        kernel_dilation=(dilation, dilation),
+        kernel_init=kernel_init,
+        bias_init=nn.initializers.zeros,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+def max_pool_2x2(x, *, ceil_mode: bool = False):
+    """2x2/2 max pool [B, H, W, C] -> [B, H/2, W/2, C]; ceil mode pads the odd edge with -inf."""
+    pad_h = x.shape[1] % 2 if ceil_mode else 0
+    pad_w = x.shape[2] % 2 if ceil_mode else 0
+    return nn.max_pool(x, (2, 2), strides=(2, 2), padding=((0, pad_h), (0, pad_w)))
+
+
+class L2Norm(nn.Module):
+    """Scales each location's channel vector to unit L2 norm, times a learned per-channel scale.
+
+    ParseNet's trick for conv4_3, whose activations are much larger than the deeper layers'.
+    The norm is computed in float32 whatever the compute dtype.
+    """
+
+    scale_init: float = 20.0
+    eps: float = 1e-12
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.constant(self.scale_init), (x.shape[-1],), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        squared_norm = jnp.sum(x32 * x32, axis=-1, keepdims=True)
+        normalised = x32 / jnp.sqrt(jnp.maximum(squared_norm, self.eps * self.eps))
+        return (normalised * scale).astype(x.dtype)
+
+
+# Convolutions per VGG16 block.
+VGG16_BLOCK_DEPTHS = (2, 2, 3, 3, 3)
+
+
+class VGG16Base(nn.Module):
+    """[B, S, S, 3] mean-subtracted RGB -> (conv4_3 after L2Norm, fc7), both NHWC.
+
+    Pools 1, 2 and 4 are 2x2/2, pool3 rounds up (75 -> 38 for SSD300), pool5 is 3x3/1/pad 1;
+    fc6 is a 3x3 conv with dilation 6 and fc7 a 1x1 conv, ReLU after each.
+    """
+
+    widths: tuple[int, ...] = (64, 128, 256, 512, 512)
+    fc_width: int = 1024
+    l2norm_scale: float = 20.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        conv4_3 = None
+        for block, (depth, width) in enumerate(zip(VGG16_BLOCK_DEPTHS, self.widths), start=1):
+            for layer in range(1, depth + 1):
+                x = nn.relu(conv(width, 3, padding=1, name=f"conv{block}_{layer}", dtype=self.dtype)(x))
+            if block == 4:
+                conv4_3 = L2Norm(self.l2norm_scale, name="conv4_3_norm")(x)
+            if block < 5:
+                x = max_pool_2x2(x, ceil_mode=block == 3)
+        x = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))  # pool5
+        x = nn.relu(conv(self.fc_width, 3, padding=6, dilation=6, name="fc6", dtype=self.dtype)(x))
+        x = nn.relu(conv(self.fc_width, 1, name="fc7", dtype=self.dtype)(x))
+        return conv4_3, x
