@@ -280,3 +280,19 @@ def get(name: str, **kwargs) -> SSDConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown SSD config {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name](**kwargs)
+
+
+def to_dict(config: SSDConfig) -> dict:
+    """A JSON-ready dict of ``config`` (stored beside checkpoints)."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(values: dict) -> SSDConfig:
+    """Inverse of ``to_dict``; validates the result."""
+    values = dict(values)
+    values["extras"] = tuple(ExtraLayer(**extra) for extra in values.get("extras", ()))
+    values["aspect_ratios"] = tuple(tuple(r) for r in values["aspect_ratios"])
+    for key, value in values.items():
+        if isinstance(value, list):
+            values[key] = tuple(value)
+    return SSDConfig(**values)

@@ -12,7 +12,7 @@ import numpy as np
 from ssd_jax import boxes as box_lib
 from ssd_jax import configs
 from ssd_jax.configs import SSDConfig
-from ssd_jax.models.ssd import SSD, param_shapes
+from ssd_jax.models.ssd import SSD, check_params
 from ssd_jax.nms import Detections, batched_nms
 from ssd_jax.priors import priors
 
@@ -63,26 +63,6 @@ def check_images(images) -> None:
         raise ValueError(f"images must be non-empty, got shape {shape}")
     if not (dtype == np.uint8 or jnp.issubdtype(dtype, jnp.floating)):
         raise ValueError(f"images must be uint8 or floating point RGB in [0, 255], got dtype {dtype}")
-
-
-@functools.lru_cache(maxsize=16)
-def _expected_param_shapes(config: SSDConfig) -> dict:
-    return {jax.tree_util.keystr(path): leaf.shape
-            for path, leaf in jax.tree_util.tree_leaves_with_path(param_shapes(config))}
-
-
-def check_params(params, config: SSDConfig) -> None:
-    """Raises ``ValueError`` naming every parameter that is missing, unexpected or misshapen."""
-    expected = _expected_param_shapes(config)
-    given = {jax.tree_util.keystr(path): np.shape(leaf)
-             for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
-    problems = [f"missing {k}" for k in expected if k not in given]
-    problems += [f"unexpected {k}" for k in given if k not in expected]
-    problems += [f"{k}: shape {given[k]}, expected {shape}" for k, shape in expected.items()
-                 if k in given and tuple(given[k]) != tuple(shape)]
-    if problems:
-        shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} problems)" if len(problems) > 8 else "")
-        raise ValueError(f"params do not fit config {config.name!r} ({config.num_classes} classes): {shown}")
 
 
 def detect(

@@ -22,7 +22,7 @@ import numpy as np
 
 from ssd_jax import configs
 from ssd_jax.configs import SSDConfig
-from ssd_jax.models.ssd import param_shapes
+from ssd_jax.models.ssd import check_params, param_shapes
 from ssd_jax.models.vgg import VGG16_BLOCK_DEPTHS
 
 VGG_CONV_NAMES = tuple(f"conv{block}_{layer}" for block, depth in enumerate(VGG16_BLOCK_DEPTHS, 1)
@@ -129,14 +129,6 @@ def _check_unused(state_dict: Mapping, used: set[str], *, ignore_prefixes: tuple
         raise WeightImportError(f"unexpected keys in the state dict: {', '.join(unknown)}")
 
 
-def _check_complete(params: dict, expected: dict) -> None:
-    have = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)}
-    missing = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(expected)
-               if jax.tree_util.keystr(p) not in have]
-    if missing:
-        raise WeightImportError(f"the state dict leaves these parameters unset: {', '.join(missing)}")
-
-
 def _ssd_keys(config: SSDConfig, base: dict[str, str], extra_key, head_key) -> dict[tuple[str, ...], str]:
     keys = {("backbone", name): key for name, key in base.items()}
     for i in range(1, len(config.extras) + 1):
@@ -153,7 +145,7 @@ def _import_ssd(state_dict, config, conv_keys, scale_keys, *, flip_first_conv=Fa
     _check_unused(state_dict, used)
     expected = param_shapes(config)
     _check_shapes(params, expected, {**conv_keys, **scale_keys})
-    _check_complete(params, expected)
+    check_params(params, config)  # nothing left unset
     return params
 
 

@@ -239,13 +239,13 @@ def multibox_loss(
         loc_n = conf_n = 0.0
     else:
         loc_n, conf_n = loc / n, conf / n
-    return dict(
-        total=conf_n + alpha * loc_n,
-        localization=loc_n,
-        confidence=conf_n,
-        num_positives=n,
-        num_negatives=int(negative.sum()),
-    )
+    return {
+        "total": conf_n + alpha * loc_n,
+        "localization": loc_n,
+        "confidence": conf_n,
+        "num_positives": n,
+        "num_negatives": int(negative.sum()),
+    }
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from ssd_jax import boxes as box_lib
 
-
 _iou = jax.jit(box_lib.pairwise_iou)
 
 

@@ -194,7 +194,7 @@ def test_gt_overlapping_no_prior_forces_nothing():
 
 def test_match_batch_under_jit_and_vmap():
     priors = ssd_jax.priors(configs.ssd_tiny())
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(19)
     images = [random_gt(rng, num_gt=5, num_valid=v) for v in (3, 0, 5)]
     boxes, labels, masks = (np.stack(x) for x in zip(*images))
     for b in range(3):
@@ -235,3 +235,14 @@ def test_match_batch_does_not_retrace():
     assert np.asarray(results[0].positive).sum() != np.asarray(results[1].positive).sum()
     with pytest.raises(AssertionError):  # a new shape would trace again, and chex says so
         targets(*(np.stack(x) for x in zip(*[random_gt(rng, 5, 2) for _ in range(2)])))
+
+
+def test_iou_exactly_at_threshold_is_positive():
+    # Prior 1 covers half of the gt box: IoU exactly 0.5, which is >= 0.5.
+    priors = corner_priors([(0.0, 0.0, 0.5, 0.5), (0.0, 0.0, 0.25, 0.5), (0.0, 0.0, 0.5, 0.25)])
+    gt = np.array([(0.0, 0.0, 0.5, 0.5)], np.float32)
+    got, _ = assert_matches_reference(priors, gt, np.array([3], np.int32), np.array([True]))
+    np.testing.assert_array_equal(got.positive, [True, True, True])
+    np.testing.assert_array_equal(got.labels, [3, 3, 3])
+    above = match_jit(priors, gt, np.array([3], np.int32), np.array([True]), iou_threshold=0.51)
+    np.testing.assert_array_equal(above.positive, [True, False, False])

@@ -1,6 +1,6 @@
 """Flax modules of SSD."""
 
-from ssd_jax.models.ssd import SSD, init, param_shapes
+from ssd_jax.models.ssd import SSD, check_params, init, param_shapes
 from ssd_jax.models.vgg import L2Norm, VGG16Base
 
-__all__ = ["SSD", "L2Norm", "VGG16Base", "init", "param_shapes"]
+__all__ = ["SSD", "L2Norm", "VGG16Base", "check_params", "init", "param_shapes"]

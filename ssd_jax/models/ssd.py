@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ssd_jax.configs import SSDConfig
 from ssd_jax.models.vgg import VGG16Base, conv
@@ -59,22 +60,61 @@ class SSD(nn.Module):
                 jnp.concatenate(logits, axis=1).astype(jnp.float32))
 
 
-@functools.lru_cache(maxsize=16)
-def _jitted_init(config: SSDConfig):
-    dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-    return jax.jit(lambda key: SSD(config).init(key, dummy)["params"])
+@functools.partial(jax.jit, static_argnums=1)
+def _uniform(rng, size: int):
+    return jax.random.uniform(rng, (size,), jnp.float32, -1.0, 1.0)
 
 
 def init(rng: jax.Array, config: SSDConfig) -> dict:
-    """Fresh parameters for ``config``: Xavier-uniform weights, zero biases, L2Norm scale 20.
+    """Fresh parameters for ``config``: Xavier-uniform kernels, zero biases, L2Norm scale.
 
-    Jitted so that XLA drops the forward pass that Flax's ``init`` traces; compiled once per
-    config and process (several seconds on CPU, mostly the random-number code).
+    Draws the same distributions as the modules' initialisers (``SSD(config).init`` gives
+    them too), but from one uniform stream for all kernels: the per-layer random-number code
+    that Flax's ``init`` compiles takes seconds on a CPU, this takes milliseconds.
     """
-    return _jitted_init(config)(rng)
+    shapes = param_shapes(config)
+    kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(shapes) if path[-1].key == "kernel"]
+    stream = np.asarray(_uniform(rng, int(sum(np.prod(k.shape) for k in kernels))))
+    offset = 0
+
+    def fill(path, leaf):
+        nonlocal offset
+        name = path[-1].key
+        if name == "bias":
+            return jnp.zeros(leaf.shape, jnp.float32)
+        if name == "scale":
+            return jnp.full(leaf.shape, config.l2norm_scale, jnp.float32)
+        size = int(np.prod(leaf.shape))
+        receptive = int(np.prod(leaf.shape[:-2]))  # HWIO
+        limit = np.sqrt(6.0 / (receptive * (leaf.shape[-2] + leaf.shape[-1])))
+        values = stream[offset:offset + size].reshape(leaf.shape) * limit
+        offset += size
+        return jnp.asarray(values, jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def param_shapes(config: SSDConfig) -> dict:
     """The parameter pytree of ``config`` as ``jax.ShapeDtypeStruct`` leaves, without computing it."""
     dummy = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32)
     return jax.eval_shape(lambda key, x: SSD(config).init(key, x)["params"], jax.random.key(0), dummy)
+
+
+@functools.lru_cache(maxsize=16)
+def _expected_param_shapes(config: SSDConfig) -> dict:
+    return {jax.tree_util.keystr(path): leaf.shape
+            for path, leaf in jax.tree_util.tree_leaves_with_path(param_shapes(config))}
+
+
+def check_params(params, config: SSDConfig) -> None:
+    """Raises ``ValueError`` naming every parameter that is missing, unexpected or misshapen."""
+    expected = _expected_param_shapes(config)
+    given = {jax.tree_util.keystr(path): np.shape(leaf)
+             for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+    problems = [f"missing {k}" for k in expected if k not in given]
+    problems += [f"unexpected {k}" for k in given if k not in expected]
+    problems += [f"{k}: shape {given[k]}, expected {shape}" for k, shape in expected.items()
+                 if k in given and tuple(given[k]) != tuple(shape)]
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} problems)" if len(problems) > 8 else "")
+        raise ValueError(f"params do not fit config {config.name!r} ({config.num_classes} classes): {shown}")

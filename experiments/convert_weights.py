@@ -1,0 +1,80 @@
+r"""Converts published SSD / VGG16 weights into an ssd_jax parameter checkpoint.
+
+Examples:
+  # torchvision's COCO model (ssd300_vgg16_coco-b556d3b4.pth), 91 classes:
+  python experiments/convert_weights.py --format=torchvision \
+      --input=ssd300_vgg16_coco-b556d3b4.pth --output=checkpoints/ssd300_torchvision_coco
+  # an amdegroot-style VOC checkpoint (ssd300_mAP_77.43_v2.pth), BGR -> RGB:
+  python experiments/convert_weights.py --format=amdegroot --input=ssd300_mAP_77.43_v2.pth \
+      --output=checkpoints/ssd300_voc
+  # ImageNet VGG16 with the reduced fc6/fc7 (vgg16_reducedfc.pth, Caffe BGR) for training:
+  python experiments/convert_weights.py --format=vgg16 --bgr --input=vgg16_reducedfc.pth \
+      --output=checkpoints/vgg16_reducedfc
+
+The input may be .pth (read with torch.load(weights_only=True); needs torch), .npz or
+.safetensors. The output directory holds config.json and an orbax checkpoint; load it with
+``ssd_jax.checkpoint.load_params(DIR)`` (SSD) or ``load_tree(DIR)`` (a VGG16 backbone).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+
+from ssd_jax import checkpoint, configs, weights
+
+FLAGS = flags.DEFINE_enum("format", None, ["torchvision", "amdegroot", "vgg16"], "Layout of the input weights.")
+INPUT = flags.DEFINE_string("input", None, "Weight file: .pth, .pt, .npz or .safetensors.")
+OUTPUT = flags.DEFINE_string("output", None, "Directory to write the ssd_jax checkpoint to.")
+CONFIG = flags.DEFINE_string("config", None, "Preset to convert into (default: inferred from the heads: "
+                             "ssd300_torchvision for torchvision, ssd300 for amdegroot).")
+BGR = flags.DEFINE_bool("bgr", False, "vgg16 only: the weights were trained on BGR input (Caffe).")
+TORCHVISION_NORM = flags.DEFINE_bool(
+    "torchvision_normalization", False,
+    "vgg16 only: the weights expect torchvision's ImageNet normalisation (mean 0.485/0.456/0.406, "
+    "std 0.229/0.224/0.225 on [0, 1] input); fold it into conv1_1.")
+OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing checkpoint at --output.")
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes
+    state_dict = weights.load_state_dict(INPUT.value)
+    print(f"read {len(state_dict)} arrays, {sum(a.size for a in state_dict.values()):,} values, from {INPUT.value}")
+    if FLAGS.value == "vgg16":
+        kwargs = {"bgr": BGR.value}
+        if TORCHVISION_NORM.value:
+            kwargs.update(input_mean=(0.485, 0.456, 0.406), input_std=(0.229, 0.224, 0.225))
+        tree = weights.from_vgg16(state_dict, **kwargs)
+        layers = sorted(tree["backbone"])
+        checkpoint.save_params(OUTPUT.value, tree, metadata={"kind": "vgg16_backbone", "layers": layers},
+                               overwrite=OVERWRITE.value)
+        print(f"wrote VGG16 backbone ({', '.join(layers)}) to {OUTPUT.value}")
+        return
+    num_classes = None
+    if CONFIG.value:
+        head_key = ("head.classification_head.module_list.0.weight" if FLAGS.value == "torchvision"
+                    else "conf.0.weight")
+        num_classes = np.shape(state_dict[head_key])[0] // 4 if head_key in state_dict else None
+    if FLAGS.value == "torchvision":
+        config = (configs.get(CONFIG.value, num_classes=num_classes) if CONFIG.value
+                  else weights.torchvision_config(state_dict))
+        params = weights.from_torchvision(state_dict, config)
+    else:
+        config = (configs.get(CONFIG.value, num_classes=num_classes) if CONFIG.value
+                  else weights.amdegroot_config(state_dict))
+        params = weights.from_amdegroot(state_dict, config)
+    checkpoint.save_params(OUTPUT.value, params, config, overwrite=OVERWRITE.value)
+    count = sum(np.size(a) for a in jax.tree.leaves(params))
+    print(f"wrote {config.name} ({config.num_classes} classes, {count:,} parameters) to {OUTPUT.value}")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["format", "input", "output"])
+    try:
+        app.run(main)
+    except (weights.WeightImportError, FileNotFoundError, FileExistsError, ImportError) as error:
+        sys.exit(f"error: {error}")
