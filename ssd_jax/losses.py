@@ -71,14 +71,16 @@ def multibox_loss(
     """
     pred_logits = pred_logits.astype(jnp.float32)
     pred_locations = pred_locations.astype(jnp.float32)
-    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(pred_logits, target_labels)
-    # For a negative the target is background, so its cross-entropy is the mining key.
-    background_loss = jnp.where(positive, 0.0, cross_entropy)
+    log_probs = jax.nn.log_softmax(pred_logits, axis=-1)
+    # Negatives are scored against background whatever label they carry: that is the mining key
+    # and their confidence loss; positives against their target class.
+    background_loss = -log_probs[..., 0]
+    positive_loss = -jnp.take_along_axis(log_probs, target_labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
     negative = hard_negative_mask(background_loss, positive, neg_pos_ratio=neg_pos_ratio)
 
     smooth_l1 = optax.huber_loss(pred_locations, target_locations, delta=1.0)  # = smooth L1, beta 1
     loc_sum = jnp.sum(jnp.where(positive[..., None], smooth_l1, 0.0))
-    conf_sum = jnp.sum(jnp.where(positive | negative, cross_entropy, 0.0))
+    conf_sum = jnp.sum(jnp.where(positive, positive_loss, 0.0)) + jnp.sum(jnp.where(negative, background_loss, 0.0))
 
     num_pos = jnp.sum(positive)
     denominator = jnp.maximum(num_pos, 1).astype(jnp.float32)

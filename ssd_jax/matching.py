@@ -76,4 +76,5 @@ def match(
 
 def match_batch(priors, gt_boxes, gt_labels, gt_mask, **kwargs) -> MatchTargets:
     """``match`` over a batch: gt_* [B, G, ...] -> ``MatchTargets`` with a leading B axis."""
-    return jax.vmap(lambda b, l, m: match(priors, b, l, m, **kwargs))(gt_boxes, gt_labels, gt_mask)
+    return jax.vmap(lambda boxes, labels, mask: match(priors, boxes, labels, mask, **kwargs))(
+        gt_boxes, gt_labels, gt_mask)

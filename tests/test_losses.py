@@ -184,3 +184,16 @@ def test_multibox_loss_does_not_retrace():
     assert float(first.total) != float(second.total)
     with pytest.raises(AssertionError):  # another shape traces again, which chex reports
         step(*random_inputs(rng, positives_per_image=(1, 1), batch=2))
+
+
+def test_negatives_are_scored_against_background_whatever_their_label():
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(1, 8, 3)).astype(np.float32)
+    locations = rng.normal(size=(1, 8, 4)).astype(np.float32)
+    positive = np.zeros((1, 8), bool)
+    positive[0, 0] = True
+    labels = np.where(positive, 1, 0).astype(np.int32)
+    noisy_labels = np.where(positive, 1, 2).astype(np.int32)  # negatives carrying a stray label
+    clean = losses.multibox_loss(locations, logits, locations * 0, labels, positive)
+    noisy = losses.multibox_loss(locations, logits, locations * 0, noisy_labels, positive)
+    np.testing.assert_allclose(noisy.total, clean.total, rtol=1e-6)

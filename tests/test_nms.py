@@ -107,7 +107,8 @@ def assert_detections_match(det, boxes, scores, **params):
         got_classes = np.asarray(det.classes[b])
         got_boxes = np.asarray(det.boxes[b])
         # As sets of (class, rounded box), then in order with the scores.
-        got_set = {(int(c), tuple(np.round(x.astype(np.float64), 5).tolist())) for c, x in zip(got_classes[:n], got_boxes[:n])}
+        got_set = {(int(c), tuple(np.round(x.astype(np.float64), 5).tolist()))
+                   for c, x in zip(got_classes[:n], got_boxes[:n])}
         expected_set = {(c, tuple(np.round(x, 5).tolist())) for _, c, x in expected}
         assert got_set == expected_set
         np.testing.assert_allclose(got_scores[:n], [s for s, _, _ in expected], rtol=1e-6, atol=1e-6)
