@@ -1,0 +1,22 @@
+"""Input pipelines: TFDS VOC / COCO / built-in shapes, local VOCdevkit and COCO json readers,
+SSD augmentation. Formats are described in ``ssd_jax.data.pipeline``."""
+
+from ssd_jax.data.pipeline import (
+    DATASETS,
+    VOC_CLASS_NAMES,
+    DatasetNotPreparedError,
+    as_numpy,
+    eval_dataset,
+    tfds_source,
+    train_dataset,
+)
+
+__all__ = [
+    "DATASETS",
+    "VOC_CLASS_NAMES",
+    "DatasetNotPreparedError",
+    "as_numpy",
+    "eval_dataset",
+    "tfds_source",
+    "train_dataset",
+]

@@ -1,0 +1,236 @@
+"""tf.data pipelines: sources -> canonical examples -> training / evaluation batches.
+
+A *canonical example* is a dict of TF tensors, whatever the source:
+  image      uint8 [H, W, 3] RGB
+  boxes      float32 [N, 4] (xmin, ymin, xmax, ymax) normalised
+  labels     int32 [N], dataset class k -> k + 1 (0 is background)
+  difficult  bool [N]
+  image_id   int64 []
+
+Training batches (numpy): image uint8 [B, S, S, 3], boxes float32 [B, G, 4], labels int32 [B, G]
+(0 = padding), mask bool [B, G]. Evaluation batches add difficult [B, G], image_id [B] and
+original_size [B, 2] (height, width); their images are only resized.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from ssd_jax.data import augment
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+# ----------------------------------------------------------------------------- canonical form
+def valid_box_mask(boxes):
+    """Boxes [N, 4] with positive width and height, inside [0, 1] -> bool [N]."""
+    positive = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    inside = tf.reduce_all((boxes >= 0.0) & (boxes <= 1.0), axis=-1)
+    return positive & inside
+
+
+def canonical(image, boxes_yxyx, labels, difficult, image_id):
+    """Builds a canonical example from TFDS-style fields; drops degenerate boxes.
+
+    Object fields of unequal length (a damaged record; TFDS's random mock data does this too)
+    are cut to their common length rather than failing.
+    """
+    count = tf.reduce_min([tf.shape(boxes_yxyx)[0], tf.shape(labels)[0], tf.shape(difficult)[0]])
+    boxes = tf.gather(tf.cast(boxes_yxyx[:count], tf.float32), [1, 0, 3, 2], axis=-1)
+    keep = valid_box_mask(boxes)
+    return {
+        "image": tf.cast(image, tf.uint8),
+        "boxes": tf.boolean_mask(boxes, keep),
+        "labels": tf.boolean_mask(tf.cast(labels[:count], tf.int32) + 1, keep),
+        "difficult": tf.boolean_mask(tf.cast(difficult[:count], tf.bool), keep),
+        "image_id": tf.cast(image_id, tf.int64),
+    }
+
+
+def image_id_from_filename(filename):
+    """VOC ids from file names: '000005.jpg' -> 5, '2008_000123.jpg' -> 2008000123; a name
+    without digits gets a hash of itself."""
+    digits = tf.strings.substr(tf.strings.regex_replace(filename, r"[^0-9]", ""), 0, 18)
+    return tf.cond(tf.strings.length(digits) > 0,
+                   lambda: tf.strings.to_number(digits, tf.int64),
+                   lambda: tf.strings.to_hash_bucket_fast(filename, 2**62))
+
+
+def from_voc_like(example):
+    """TFDS ``voc`` and ``shapes`` examples -> canonical."""
+    objects = example["objects"]
+    image_id = example["image/id"] if "image/id" in example else image_id_from_filename(example["image/filename"])
+    return canonical(example["image"], objects["bbox"], objects["label"], objects["is_difficult"], image_id)
+
+
+def from_coco(example):
+    """TFDS ``coco`` examples -> canonical; crowd regions become ``difficult`` (ignored in VOC AP).
+
+    For training, drop them with ``drop_difficult``.
+    """
+    objects = example["objects"]
+    return canonical(example["image"], objects["bbox"], objects["label"], objects["is_crowd"], example["image/id"])
+
+
+def drop_difficult(example):
+    keep = tf.logical_not(example["difficult"])
+    return {**example, **{k: tf.boolean_mask(example[k], keep) for k in ("boxes", "labels", "difficult")}}
+
+
+# ----------------------------------------------------------------------------- TFDS sources
+DatasetSpec = collections.namedtuple("DatasetSpec", "train eval adapter num_classes class_names")
+
+VOC_CLASS_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+                   "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+                   "train", "tvmonitor")
+
+# (tfds name, split) lists; num_classes includes background.
+DATASETS = {
+    "voc": DatasetSpec(train=[("voc/2007", "train+validation"), ("voc/2012", "train+validation")],
+                       eval=[("voc/2007", "test")], adapter=from_voc_like, num_classes=21,
+                       class_names=VOC_CLASS_NAMES),
+    "coco": DatasetSpec(train=[("coco/2017", "train")], eval=[("coco/2017", "validation")],
+                        adapter=from_coco, num_classes=81, class_names=None),
+    "shapes": DatasetSpec(train=[("shapes", "train")], eval=[("shapes", "test")], adapter=from_voc_like,
+                          num_classes=6, class_names=None),
+}
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    """A TFDS data set that is not on disk; the message says how to prepare it."""
+
+
+def _builder(name: str, data_dir: str | None):
+    import tensorflow_datasets as tfds
+
+    if name.split("/")[0] == "shapes":
+        import ssd_jax.data.shapes  # noqa: F401  (importing registers the builder)
+
+        builder = tfds.builder(name, data_dir=data_dir)
+        if not builder.is_prepared():
+            logging.info("generating the built-in shapes data set (offline, seconds)")
+            builder.download_and_prepare()
+        return builder
+    return tfds.builder(name, data_dir=data_dir)
+
+
+def _not_prepared(name: str, data_dir: str | None, error: Exception) -> DatasetNotPreparedError:
+    where = f" --data_dir={data_dir}" if data_dir else ""
+    return DatasetNotPreparedError(
+        f"TFDS data set {name!r} is not prepared ({error}). Prepare it once on a machine with internet "
+        f"access (`tfds build {name}{where}`; VOC and COCO download several GB) and copy the data directory "
+        f"here, or read a local copy with ssd_jax.data.local (VOCdevkit or COCO json).")
+
+
+def tfds_source(dataset: str, split: str, *, data_dir: str | None = None, shuffle_files: bool = False,
+                process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+    """Canonical examples of ``dataset`` ('voc', 'coco', 'shapes') for split 'train' or 'eval'.
+
+    With several processes each reads its own disjoint part (``tfds.split_for_jax_process``).
+    """
+    import tensorflow_datasets as tfds
+
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
+    spec = DATASETS[dataset]
+    parts = []
+    for name, tfds_split in getattr(spec, split):
+        builder = _builder(name, data_dir)
+        if process_count > 1:
+            tfds_split = tfds.split_for_jax_process(tfds_split, process_index=process_index,
+                                                    process_count=process_count)
+        read_config = tfds.ReadConfig(shuffle_seed=0) if shuffle_files else None
+        try:
+            ds = builder.as_dataset(split=tfds_split, shuffle_files=shuffle_files, read_config=read_config)
+        except AssertionError as error:  # what TFDS raises for data that was never prepared
+            raise _not_prepared(name, data_dir, error) from error
+        parts.append(ds.map(spec.adapter, num_parallel_calls=AUTOTUNE))
+    source = parts[0]
+    for part in parts[1:]:
+        source = source.concatenate(part)
+    return source
+
+
+# ----------------------------------------------------------------------------- batching
+def pad_objects(example, max_boxes: int, keys=("boxes", "labels")):
+    """Pads (or cuts, keeping the largest boxes) the objects of an example to ``max_boxes``.
+
+    Adds ``mask`` [max_boxes] and ``num_dropped`` (boxes cut for lack of room).
+    """
+    boxes = example["boxes"]
+    count = tf.shape(boxes)[0]
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    order = tf.argsort(area, direction="DESCENDING", stable=True)[:max_boxes]
+    order = tf.sort(order)  # keep the surviving boxes in their original order
+    kept = tf.shape(order)[0]
+    out = dict(example)
+    for key in keys:
+        values = tf.gather(example[key], order)
+        padding = [[0, max_boxes - kept]] + [[0, 0]] * (len(values.shape) - 1)
+        out[key] = tf.ensure_shape(tf.pad(values, padding), [max_boxes] + values.shape[1:].as_list())
+    out["mask"] = tf.range(max_boxes) < kept
+    out["num_dropped"] = count - kept
+    return out
+
+
+def train_dataset(source: tf.data.Dataset, *, batch_size: int, image_size: int, max_boxes: int = 100,
+                  seed: int = 0, shuffle_buffer: int = 2048, start_index: int = 0,
+                  use_difficult: bool = True, augment_options: dict | None = None) -> tf.data.Dataset:
+    """Endless, shuffled, augmented training batches (``num_dropped`` still attached).
+
+    Every example occurrence n (counting over epochs) is augmented with seed (seed, n), and the
+    shuffle is seeded, so the stream is the same on every run; ``start_index`` skips the first
+    examples cheaply (before decoding and augmenting) to resume a run where it stopped.
+    """
+    if not use_difficult:
+        source = source.map(drop_difficult, num_parallel_calls=AUTOTUNE)
+    ds = source.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.enumerate().skip(start_index)
+
+    def transform(index, example):
+        image, boxes, labels = augment.ssd_augment(
+            example["image"], example["boxes"], example["labels"], tf.stack([tf.cast(seed, tf.int64), index]),
+            size=image_size, **(augment_options or {}))
+        image = tf.cast(tf.round(image), tf.uint8)
+        image = tf.ensure_shape(image, [image_size, image_size, 3])
+        return pad_objects({"image": image, "boxes": boxes, "labels": labels}, max_boxes)
+
+    ds = ds.map(transform, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def resize_for_eval(example, image_size: int):
+    """Resize only (bilinear, half-pixel centres, as ``detect``); keeps the original size."""
+    image = example["image"]
+    original_size = tf.shape(image)[:2]
+    resized = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size], method="bilinear",
+                              antialias=False)
+    return {**example, "image": tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8),
+            "original_size": tf.cast(original_size, tf.int32)}
+
+
+def eval_dataset(source: tf.data.Dataset, *, batch_size: int, image_size: int,
+                 max_boxes: int = 100) -> tf.data.Dataset:
+    """One pass over ``source`` in batches; the last batch may be smaller."""
+    ds = source.map(lambda ex: pad_objects(resize_for_eval(ex, image_size), max_boxes,
+                                           keys=("boxes", "labels", "difficult")),
+                    num_parallel_calls=AUTOTUNE)
+    return ds.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def as_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+    """Iterates numpy batches, logging a warning (with a running count) when boxes were cut."""
+    dropped_images = dropped_boxes = 0
+    for batch in ds.as_numpy_iterator():
+        dropped = batch.pop("num_dropped", None)
+        if dropped is not None and np.any(dropped > 0):
+            dropped_images += int(np.sum(dropped > 0))
+            dropped_boxes += int(np.sum(dropped))
+            logging.warning("max_boxes too small: kept the largest boxes; %d boxes dropped from %d images so far",
+                            dropped_boxes, dropped_images)
+        yield batch
