@@ -22,6 +22,7 @@ import tensorflow as tf
 from absl import logging
 
 from ssd_jax.data import augment
+from ssd_jax.data.shapes import CLASS_NAMES as SHAPES_CLASS_NAMES
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -97,7 +98,11 @@ DATASETS = {
     "coco": DatasetSpec(train=[("coco/2017", "train")], eval=[("coco/2017", "validation")],
                         adapter=from_coco, num_classes=81, class_names=None),
     "shapes": DatasetSpec(train=[("shapes", "train")], eval=[("shapes", "test")], adapter=from_voc_like,
-                          num_classes=6, class_names=None),
+                          num_classes=len(SHAPES_CLASS_NAMES) + 1, class_names=SHAPES_CLASS_NAMES),
+    # 16 / 8 images: for tests and instant demos.
+    "shapes_tiny": DatasetSpec(train=[("shapes/tiny", "train")], eval=[("shapes/tiny", "test")],
+                               adapter=from_voc_like, num_classes=len(SHAPES_CLASS_NAMES) + 1,
+                               class_names=SHAPES_CLASS_NAMES),
 }
 
 
@@ -109,8 +114,6 @@ def _builder(name: str, data_dir: str | None):
     import tensorflow_datasets as tfds
 
     if name.split("/")[0] == "shapes":
-        import ssd_jax.data.shapes  # noqa: F401  (importing registers the builder)
-
         builder = tfds.builder(name, data_dir=data_dir)
         if not builder.is_prepared():
             logging.info("generating the built-in shapes data set (offline, seconds)")
