@@ -192,3 +192,21 @@ def test_coco_json_reader(tmp_path):
     np.testing.assert_array_equal(examples[0]["labels"], [2, 1])  # dog (id 18) -> 2, person -> 1
     np.testing.assert_array_equal(examples[0]["difficult"], [False, True])  # crowd
     assert stats == {"bad_annotations": 3, "corrupt_images": 2, "bad_boxes": 0}
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+    """The built-in data set's tiny config, prepared for real (TFDS records on disk)."""
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def test_shapes_through_the_pipeline_and_multi_host_shards(shapes_dir):
+    source = pipeline.tfds_source("shapes_tiny", "train", data_dir=shapes_dir)  # prepares on first use
+    check_train_batch(take(pipeline.train_dataset(source, batch_size=4, image_size=SIZE, max_boxes=8), 1)[0],
+                      4, 8, 6)
+    everything = [int(ex["image_id"]) for ex in source.as_numpy_iterator()]
+    parts = [[int(ex["image_id"]) for ex in pipeline.tfds_source(
+        "shapes_tiny", "train", data_dir=shapes_dir, process_index=i, process_count=2).as_numpy_iterator()]
+        for i in range(2)]
+    assert len(everything) == 16 and len(parts[0]) == len(parts[1]) == 8
+    assert not set(parts[0]) & set(parts[1]) and sorted(parts[0] + parts[1]) == sorted(everything)

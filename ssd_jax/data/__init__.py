@@ -3,7 +3,6 @@ SSD augmentation. Formats are described in ``ssd_jax.data.pipeline``."""
 
 from ssd_jax.data.pipeline import (
     DATASETS,
-    VOC_CLASS_NAMES,
     DatasetNotPreparedError,
     as_numpy,
     eval_dataset,
@@ -13,7 +12,6 @@ from ssd_jax.data.pipeline import (
 
 __all__ = [
     "DATASETS",
-    "VOC_CLASS_NAMES",
     "DatasetNotPreparedError",
     "as_numpy",
     "eval_dataset",

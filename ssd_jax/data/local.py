@@ -17,7 +17,7 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image
 
-from ssd_jax.data.pipeline import VOC_CLASS_NAMES
+from ssd_jax.classes import VOC_CLASS_NAMES
 
 CANONICAL_SIGNATURE = {
     "image": tf.TensorSpec([None, None, 3], tf.uint8),

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from ssd_jax.classes import COCO_CLASS_NAMES, VOC_CLASS_NAMES
 from ssd_jax.data import augment
 from ssd_jax.data.shapes import CLASS_NAMES as SHAPES_CLASS_NAMES
 
@@ -86,17 +87,13 @@ def drop_difficult(example):
 # ----------------------------------------------------------------------------- TFDS sources
 DatasetSpec = collections.namedtuple("DatasetSpec", "train eval adapter num_classes class_names")
 
-VOC_CLASS_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-                   "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-                   "train", "tvmonitor")
-
 # (tfds name, split) lists; num_classes includes background.
 DATASETS = {
     "voc": DatasetSpec(train=[("voc/2007", "train+validation"), ("voc/2012", "train+validation")],
                        eval=[("voc/2007", "test")], adapter=from_voc_like, num_classes=21,
                        class_names=VOC_CLASS_NAMES),
     "coco": DatasetSpec(train=[("coco/2017", "train")], eval=[("coco/2017", "validation")],
-                        adapter=from_coco, num_classes=81, class_names=None),
+                        adapter=from_coco, num_classes=81, class_names=COCO_CLASS_NAMES),
     "shapes": DatasetSpec(train=[("shapes", "train")], eval=[("shapes", "test")], adapter=from_voc_like,
                           num_classes=len(SHAPES_CLASS_NAMES) + 1, class_names=SHAPES_CLASS_NAMES),
     # 16 / 8 images: for tests and instant demos.
