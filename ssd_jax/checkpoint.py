@@ -14,6 +14,7 @@ import os
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from ssd_jax import configs
 from ssd_jax.configs import SSDConfig
@@ -86,3 +87,52 @@ def load_tree(directory: str | os.PathLike) -> dict:
     load_metadata(directory)
     with ocp.StandardCheckpointer() as checkpointer:
         return checkpointer.restore(os.path.join(directory, PARAMS_DIR))
+
+
+class TrainCheckpoints:
+    """Training checkpoints: the train state plus JSON metadata (data position, config), kept
+    for the last ``keep`` saves, written asynchronously by orbax's ``CheckpointManager``.
+
+    orbax writes each step under a temporary name and renames it when complete, so an
+    interrupted save is never listed; a checkpoint that fails to restore (corrupt files) is
+    skipped with a warning in favour of the one before it.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 3, asynchronous: bool = True):
+        self.directory = os.path.abspath(os.fspath(directory))
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                               enable_async_checkpointing=asynchronous)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def save(self, step: int, state, metadata: dict, *, wait: bool = False) -> None:
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        meta=ocp.args.JsonSave(metadata)), force=True)
+        if wait:
+            self.manager.wait_until_finished()
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def restore_latest(self, abstract_state) -> tuple[object, dict] | None:
+        """(state, metadata) of the newest checkpoint that restores, or None if there is none.
+
+        ``abstract_state``: the state's structure with ``jax.ShapeDtypeStruct`` leaves (with
+        shardings, to restore straight onto the devices).
+        """
+        for step in reversed(self.steps()):
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+            except Exception as error:  # noqa: BLE001 - any unreadable checkpoint: fall back
+                logging.warning("checkpoint %d in %s does not restore (%s); trying an older one",
+                                step, self.directory, error)
+                continue
+            return restored.state, restored.meta
+        return None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -210,3 +210,14 @@ def test_shapes_through_the_pipeline_and_multi_host_shards(shapes_dir):
         for i in range(2)]
     assert len(everything) == 16 and len(parts[0]) == len(parts[1]) == 8
     assert not set(parts[0]) & set(parts[1]) and sorted(parts[0] + parts[1]) == sorted(everything)
+
+
+def test_encoded_source_gives_the_same_batches(shapes_dir):
+    def batches(decode):
+        source = pipeline.tfds_source("shapes_tiny", "train", data_dir=shapes_dir, decode=decode)
+        return take(pipeline.train_dataset(source, batch_size=4, image_size=SIZE, max_boxes=8, seed=3,
+                                           start_index=5), 2)
+
+    for decoded, encoded in zip(batches(True), batches(False)):
+        for key in decoded:
+            np.testing.assert_array_equal(decoded[key], encoded[key])

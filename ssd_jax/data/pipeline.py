@@ -46,7 +46,7 @@ def canonical(image, boxes_yxyx, labels, difficult, image_id):
     boxes = tf.gather(tf.cast(boxes_yxyx[:count], tf.float32), [1, 0, 3, 2], axis=-1)
     keep = valid_box_mask(boxes)
     return {
-        "image": tf.cast(image, tf.uint8),
+        "image": image if image.dtype == tf.string else tf.cast(image, tf.uint8),  # string: still encoded
         "boxes": tf.boolean_mask(boxes, keep),
         "labels": tf.boolean_mask(tf.cast(labels[:count], tf.int32) + 1, keep),
         "difficult": tf.boolean_mask(tf.cast(difficult[:count], tf.bool), keep),
@@ -128,10 +128,12 @@ def _not_prepared(name: str, data_dir: str | None, error: Exception) -> DatasetN
 
 
 def tfds_source(dataset: str, split: str, *, data_dir: str | None = None, shuffle_files: bool = False,
-                process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+                process_index: int = 0, process_count: int = 1, decode: bool = True) -> tf.data.Dataset:
     """Canonical examples of ``dataset`` ('voc', 'coco', 'shapes') for split 'train' or 'eval'.
 
     With several processes each reads its own disjoint part (``tfds.split_for_jax_process``).
+    ``decode=False`` leaves images encoded (a string tensor) for ``train_dataset`` to decode
+    after skipping, so that resuming far into a run does not decode every skipped image.
     """
     import tensorflow_datasets as tfds
 
@@ -146,7 +148,9 @@ def tfds_source(dataset: str, split: str, *, data_dir: str | None = None, shuffl
                                                     process_count=process_count)
         read_config = tfds.ReadConfig(shuffle_seed=0) if shuffle_files else None
         try:
-            ds = builder.as_dataset(split=tfds_split, shuffle_files=shuffle_files, read_config=read_config)
+            decoders = None if decode else {"image": tfds.decode.SkipDecoding()}
+            ds = builder.as_dataset(split=tfds_split, shuffle_files=shuffle_files, read_config=read_config,
+                                    decoders=decoders)
         except AssertionError as error:  # what TFDS raises for data that was never prepared
             raise _not_prepared(name, data_dir, error) from error
         parts.append(ds.map(spec.adapter, num_parallel_calls=AUTOTUNE))
@@ -193,8 +197,11 @@ def train_dataset(source: tf.data.Dataset, *, batch_size: int, image_size: int, 
     ds = ds.enumerate().skip(start_index)
 
     def transform(index, example):
+        image = example["image"]
+        if image.dtype == tf.string:  # left encoded by the source: decode only what is used
+            image = tf.io.decode_image(image, channels=3, expand_animations=False)
         image, boxes, labels = augment.ssd_augment(
-            example["image"], example["boxes"], example["labels"], tf.stack([tf.cast(seed, tf.int64), index]),
+            image, example["boxes"], example["labels"], tf.stack([tf.cast(seed, tf.int64), index]),
             size=image_size, **(augment_options or {}))
         image = tf.cast(tf.round(image), tf.uint8)
         image = tf.ensure_shape(image, [image_size, image_size, 3])

@@ -98,3 +98,38 @@ def plot_precision_recall(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], p
     for axes in axes_grid.flat[len(curves):]:
         axes.set_visible(False)
     return _save(figure, path)
+
+
+def plot_training_curve(history_path, path) -> str | None:
+    """The loss (and mAP, when evaluated) against the step, from a ``metrics.jsonl`` -> ``path``.
+
+    Returns None when the history holds no loss yet.
+    """
+    import json
+
+    records = [json.loads(line) for line in open(history_path)] if os.path.exists(history_path) else []
+    losses = [(r["step"], r["loss"], r.get("loss/localization"), r.get("loss/confidence")) for r in records
+              if "loss" in r]
+    if not losses:
+        return None
+    maps = [(r["step"], r["voc07_mAP"], r.get("voc_mAP")) for r in records if "voc07_mAP" in r]
+    figure = Figure(figsize=(9, 4.5))
+    loss_axes = figure.add_subplot(1, 2 if maps else 1, 1)
+    steps = [s for s, *_ in losses]
+    loss_axes.plot(steps, [v for _, v, _, _ in losses], label="total")
+    if losses[0][2] is not None:
+        loss_axes.plot(steps, [loc for _, _, loc, _ in losses], label="localization", alpha=0.7)
+        loss_axes.plot(steps, [conf for _, _, _, conf in losses], label="confidence", alpha=0.7)
+    loss_axes.set(xlabel="step", ylabel="multibox loss", title="training loss")
+    loss_axes.set_yscale("log")
+    loss_axes.grid(alpha=0.3)
+    loss_axes.legend()
+    if maps:
+        map_axes = figure.add_subplot(1, 2, 2)
+        map_axes.plot([s for s, *_ in maps], [m for _, m, _ in maps], "o-", label="VOC07 11-point mAP")
+        map_axes.plot([s for s, *_ in maps], [m for _, _, m in maps], "s--", label="all-point mAP", alpha=0.7)
+        map_axes.set(xlabel="step", ylabel="mAP@0.5", ylim=(0, 1), title=f"evaluation (last {maps[-1][1]:.3f})")
+        map_axes.grid(alpha=0.3)
+        map_axes.legend(loc="lower right")
+    figure.tight_layout()
+    return _save(figure, path)

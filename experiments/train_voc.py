@@ -1,0 +1,47 @@
+r"""Trains SSD300 on VOC07+12 (the paper's recipe), or ssd_tiny on the built-in shapes data.
+
+  python experiments/train_voc.py --accel=gpu --workdir=runs/voc --config.data_dir=~/tensorflow_datasets
+  python experiments/train_voc.py --accel=cpu --dataset=shapes --workdir=runs/shapes   # minutes on a CPU
+  python experiments/train_voc.py --accel=gpu --workdir=runs/voc --config.init_backbone=ckpt/vgg16 \
+      --config.compute_dtype=bfloat16
+
+Checkpoints every config.checkpoint_every steps (and on SIGTERM/SIGINT); running the same
+command again resumes where it stopped. TensorBoard: tensorboard --logdir WORKDIR/tensorboard.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import train_lib
+from absl import app, flags, logging
+
+DATASET = flags.DEFINE_enum("dataset", "voc", ["voc", "shapes", "shapes_tiny"],
+                            "'voc' (the config's recipe) or the built-in 'shapes' with the shapes_tiny config.")
+CONFIG = train_lib.define_config_flag("voc_ssd300.py")
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    train_lib.start_jax(train_lib.ACCEL.value)
+    from ssd_jax import train
+    from ssd_jax.data import DatasetNotPreparedError
+
+    config = CONFIG.value
+    if DATASET.value != "voc" and config.dataset == "voc":  # --dataset=shapes without a --config file
+        import configs.shapes_tiny as shapes_tiny
+
+        config = shapes_tiny.get_config()
+        config.dataset = DATASET.value
+    workdir = train_lib.WORKDIR.value or f"runs/{config.dataset}_{config.model}"
+    try:
+        last = train.train_and_evaluate(config, workdir)
+    except (DatasetNotPreparedError, train.NonFiniteLossError) as error:
+        sys.exit(f"error: {error}")
+    shown = {k: round(float(v), 4) for k, v in last.items() if "/" not in k or k.startswith("loss")}
+    print(f"done: {shown}\nworkdir {workdir}: training_curve.png, class_ap.png, metrics.jsonl, tensorboard/")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,391 @@
+"""Training: the train state, the optimizer, a pure ``train_step`` and the training loop.
+
+``train_step(state, batch)`` is one jitted program: model -> matching on device -> multibox loss
+-> optax update. ``train_and_evaluate(config, workdir)`` runs it data-parallel over every device
+(``jax.jit`` with ``NamedSharding`` on a ('data',) mesh; multi-host after
+``jax.distributed.initialize()``), with asynchronous orbax checkpoints, exact resumption, a NaN
+guard, TensorBoard scalars and periodic evaluation.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ssd_jax import configs, weights
+from ssd_jax.checkpoint import TrainCheckpoints, load_tree, save_params
+from ssd_jax.configs import SSDConfig
+from ssd_jax.losses import multibox_loss
+from ssd_jax.matching import match_batch
+from ssd_jax.models import SSD, init, param_shapes
+from ssd_jax.priors import priors
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss (or gradient) became NaN or infinite; the message names the step."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 []
+    params: Any
+    opt_state: Any
+
+
+# ----------------------------------------------------------------------------- config
+def default_config() -> ml_collections.ConfigDict:
+    """The paper's SSD300 VOC07+12 recipe (batch 32, 120k steps, lr 1e-3 x0.1 at 80k and 100k)."""
+    config = ml_collections.ConfigDict()
+    config.model = "ssd300"  # a preset of ssd_jax.configs; num_classes comes from the data set
+    config.dataset = "voc"  # a key of ssd_jax.data.pipeline.DATASETS
+    config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data directory (None: TFDS default)
+    config.batch_size = 32  # global, over all devices and processes
+    config.max_boxes = 100  # ground-truth boxes kept per image (the largest)
+    config.shuffle_buffer = 2048
+    config.num_steps = 120_000
+    config.optimizer = "sgd"  # or "adam"
+    config.learning_rate = 1e-3
+    config.momentum = 0.9
+    config.weight_decay = 5e-4
+    config.warmup_steps = 1000  # linear warm-up, from warmup_start_factor * learning_rate
+    config.warmup_start_factor = 0.01
+    config.lr_boundaries = (80_000, 100_000)
+    config.lr_decay = 0.1
+    config.grad_clip_norm = 0.0  # 0: no clipping
+    config.compute_dtype = "float32"  # or "bfloat16" (parameters stay float32)
+    # A converted ImageNet VGG16 (experiments/convert_weights.py --format=vgg16).
+    config.init_backbone = ml_collections.config_dict.placeholder(str)
+    config.seed = 0
+    config.log_every = 50
+    config.checkpoint_every = 2000
+    config.keep_checkpoints = 3
+    config.eval_every = 10_000  # 0: no evaluation during training
+    config.eval_batch_size = 8
+    return config
+
+
+# ----------------------------------------------------------------------------- optimizer
+def weight_decay_mask(params):
+    """True for conv kernels; biases and the L2Norm scale get no weight decay (as in Caffe)."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warm-up to ``learning_rate``, then x ``lr_decay`` at each of ``lr_boundaries``."""
+    warmup_steps = int(config.warmup_steps)
+    # join_schedules counts the second schedule's steps from the join: shift its boundaries.
+    decay = optax.piecewise_constant_schedule(
+        config.learning_rate, {int(b) - warmup_steps: config.lr_decay for b in config.lr_boundaries})
+    if not warmup_steps:
+        return decay
+    warmup = optax.linear_schedule(config.learning_rate * config.warmup_start_factor, config.learning_rate,
+                                   config.warmup_steps)
+    return optax.join_schedules([warmup, decay], [config.warmup_steps])
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """SGD with momentum (the paper's) or Adam, weight decay added to the gradient (Caffe style,
+    kernels only), optional global-norm clipping."""
+    parts = []
+    if config.get("grad_clip_norm"):
+        parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+    parts.append(optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask))
+    schedule = learning_rate_schedule(config)
+    name = config.get("optimizer", "sgd")
+    if name == "sgd":
+        parts.append(optax.sgd(schedule, momentum=config.momentum))
+    elif name == "adam":  # trains small models from scratch faster (no ImageNet backbone)
+        parts.append(optax.adam(schedule))
+    else:
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
+    return optax.chain(*parts)
+
+
+def create_train_state(params, optimizer: optax.GradientTransformation) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+
+# ----------------------------------------------------------------------------- the update step
+def train_step(state: TrainState, batch: dict, *, model_config: SSDConfig, optimizer, schedule,
+               compute_dtype=jnp.float32) -> tuple[TrainState, dict]:
+    """One SGD step on a batch -> (new state, metrics).
+
+    Args:
+      batch: image uint8 [B, S, S, 3], boxes float32 [B, G, 4], labels int32 [B, G], mask [B, G].
+    Returns:
+      metrics: scalars 'loss', 'loss/localization', 'loss/confidence', 'positives', 'negatives',
+        'grad_norm', 'learning_rate'.
+    """
+    prior_boxes = jnp.asarray(priors(model_config))
+    targets = match_batch(prior_boxes, batch["boxes"], batch["labels"], batch["mask"],
+                          iou_threshold=model_config.match_iou_threshold, variances=model_config.variances)
+
+    def loss_fn(params):
+        locations, logits = SSD(model_config, dtype=compute_dtype).apply({"params": params}, batch["image"])
+        loss = multibox_loss(locations, logits, targets.locations, targets.labels, targets.positive,
+                             neg_pos_ratio=model_config.neg_pos_ratio)
+        return loss.total, loss
+
+    (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": loss.total,
+        "loss/localization": loss.localization,
+        "loss/confidence": loss.confidence,
+        "positives": loss.num_positives,
+        "negatives": loss.num_negatives,
+        "grad_norm": optax.tree.norm(grads),
+        "learning_rate": schedule(state.step),
+    }
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+# ----------------------------------------------------------------------------- devices
+def data_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-d ('data',) mesh over ``devices`` (default: every device of every process).
+
+    The axis is ``Auto``: shardings are given at the jit boundary and XLA propagates them
+    (``make_mesh`` defaults to ``Explicit`` axes, which would put shardings into every type).
+    """
+    devices = jax.devices() if devices is None else devices
+    return jax.sharding.Mesh(np.asarray(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicate(tree, mesh):
+    """Places a pytree (the train state) on every device of ``mesh``, as the update step expects."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
+    """This process's numpy batch -> global jax.Arrays sharded along the batch axis."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def jit_train_step(model_config: SSDConfig, optimizer, schedule, mesh, compute_dtype=jnp.float32):
+    """``train_step`` jitted for ``mesh``: state replicated, batch split; the state is donated."""
+    replicated = NamedSharding(mesh, P())
+    step = functools.partial(train_step, model_config=model_config, optimizer=optimizer, schedule=schedule,
+                             compute_dtype=compute_dtype)
+    return jax.jit(step, in_shardings=(replicated, NamedSharding(mesh, P("data"))),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+# ----------------------------------------------------------------------------- the loop
+class _StopRequested:
+    """Turns SIGTERM / SIGINT into a flag the loop checks, so it can save before exiting."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _check_finite(metrics: dict, step: int) -> None:
+    if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+        raise NonFiniteLossError(
+            f"the loss became {metrics['loss']} (gradient norm {metrics['grad_norm']}) at step {step}; training "
+            f"stopped and the last good checkpoint is kept. Lower the learning rate, lengthen the warm-up "
+            f"(warmup_steps), set grad_clip_norm, or check the boxes of the data.")
+
+
+def _initial_params(config, model_config: SSDConfig):
+    params = init(jax.random.key(config.seed), model_config)
+    if config.get("init_backbone"):
+        params = weights.merge_backbone(params, load_tree(config.init_backbone))
+        logging.info("backbone initialised from %s", config.init_backbone)
+    return params
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
+                       progress: bool = True) -> dict:
+    """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and returns the last
+    metrics, including evaluation ones when ``eval_every`` > 0.
+
+    ``evaluate_fn(params, step) -> dict`` overrides the built-in evaluation (tests use it).
+    """
+    from ssd_jax.data import pipeline  # TensorFlow is imported only by code that trains
+
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+
+    # --- mesh and batch sizes
+    mesh = data_mesh()
+    if config.batch_size % jax.device_count():
+        raise ValueError(f"batch_size {config.batch_size} must divide over {jax.device_count()} devices")
+    local_batch_size = config.batch_size // jax.process_count()
+    batch_sharding = NamedSharding(mesh, P("data"))
+
+    # --- model and optimizer
+    spec = pipeline.DATASETS[config.dataset]
+    model_config = configs.get(config.model, num_classes=spec.num_classes)
+    optimizer = make_optimizer(config)
+    schedule = learning_rate_schedule(config)
+    compute_dtype = jnp.dtype(config.compute_dtype)
+    update = jit_train_step(model_config, optimizer, schedule, mesh, compute_dtype)
+
+    # --- state: restored from the latest checkpoint, or fresh
+    checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    replicated = NamedSharding(mesh, P())
+    abstract = jax.eval_shape(lambda p: create_train_state(p, optimizer), param_shapes(model_config))
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
+    restored = checkpoints.restore_latest(abstract)
+    if restored is not None:
+        state, meta = restored
+        logging.info("resumed from step %d of %s", meta["step"], checkpoints.directory)
+    else:
+        state = replicate(create_train_state(_initial_params(config, model_config), optimizer), mesh)
+    start_step = int(state.step)
+
+    # --- input: each process reads its own part; the stream resumes at the exact example
+    source = pipeline.tfds_source(config.dataset, "train", data_dir=config.get("data_dir"), shuffle_files=True,
+                                  process_index=jax.process_index(), process_count=jax.process_count(),
+                                  decode=False)
+    batches = pipeline.as_numpy(pipeline.train_dataset(
+        source, batch_size=local_batch_size, image_size=model_config.image_size, max_boxes=config.max_boxes,
+        seed=config.seed, shuffle_buffer=config.shuffle_buffer, start_index=start_step * local_batch_size))
+
+    # --- evaluation
+    if evaluate_fn is None and config.eval_every:
+        evaluate_fn = _default_evaluator(config, model_config, spec, workdir)
+
+    # --- logging
+    writer = _summary_writer(workdir) if is_main else None
+    history_path = os.path.join(workdir, "metrics.jsonl")
+
+    def log(step, scalars):
+        if writer is not None:
+            writer(step, scalars)
+        if is_main:
+            with open(history_path, "a") as f:
+                f.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+
+    def save(step, wait=False):
+        checkpoints.save(step, state, {"step": step, "examples_seen_per_process": step * local_batch_size,
+                                       "config": config.to_dict()}, wait=wait)
+
+    last = {}
+    pending = None  # (step, loss, grad norm) of the previous step, checked while this one runs
+    window_start, window_images = time.perf_counter(), 0
+    bar = tqdm.tqdm(total=config.num_steps, initial=start_step, desc="training", unit="step",
+                    disable=not (progress and is_main), dynamic_ncols=True)
+    try:
+        with _StopRequested() as stop:
+            for step in range(start_step + 1, config.num_steps + 1):
+                state, metrics = update(state, global_batch(next(batches), batch_sharding))
+                window_images += config.batch_size
+                if pending is not None:  # one step behind: the device never waits for this check
+                    _check_finite(dict(zip(("loss", "grad_norm"), jax.device_get(pending[1:]))), pending[0])
+                pending = (step, metrics["loss"], metrics["grad_norm"])
+                must_save = step % config.checkpoint_every == 0 or step == config.num_steps or stop.signal
+                if step % config.log_every == 0 or must_save:
+                    metrics = jax.device_get(metrics)
+                    _check_finite(metrics, step)  # before any save: a NaN state is never checkpointed
+                    elapsed = time.perf_counter() - window_start
+                    metrics["images_per_second"] = window_images / elapsed
+                    window_start, window_images = time.perf_counter(), 0
+                    log(step, metrics)
+                    last.update(metrics)
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['learning_rate']:.2g}",
+                                    img_s=f"{metrics['images_per_second']:.0f}")
+                bar.update(1)
+                if must_save:
+                    save(step, wait=bool(stop.signal))
+                if evaluate_fn is not None and config.eval_every and (step % config.eval_every == 0
+                                                                      or step == config.num_steps):
+                    results = evaluate_fn(state.params, step)
+                    log(step, results)
+                    last.update(results)
+                if stop.signal:
+                    logging.warning("signal %d: saved step %d to %s; run again to resume", stop.signal, step,
+                                    checkpoints.directory)
+                    break
+    finally:  # also on errors (a NaN loss): finish the asynchronous saves of good checkpoints
+        bar.close()
+        checkpoints.close()
+    if is_main:
+        from ssd_jax.evaluation import plots
+
+        # The latest parameters, ready for detect / evaluate.py / detect_images.py.
+        save_params(os.path.join(workdir, "params"), jax.device_get(state.params), model_config, overwrite=True)
+        plots.plot_training_curve(history_path, os.path.join(workdir, "training_curve.png"))
+    return last
+
+
+def restore_train_state(workdir: str, config: ml_collections.ConfigDict) -> tuple[TrainState, dict] | None:
+    """The latest (state, metadata) in ``workdir``'s checkpoints, on the host; None if none."""
+    from ssd_jax.data import pipeline
+
+    model_config = configs.get(config.model, num_classes=pipeline.DATASETS[config.dataset].num_classes)
+    abstract = jax.eval_shape(lambda p: create_train_state(p, make_optimizer(config)), param_shapes(model_config))
+    checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    try:
+        return checkpoints.restore_latest(abstract)
+    finally:
+        checkpoints.close()
+
+
+def _summary_writer(workdir: str):
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+    def write(step, scalars):
+        with writer.as_default(step=step):
+            for name, value in scalars.items():
+                tf.summary.scalar(name, float(value))
+        writer.flush()
+
+    return write
+
+
+def _default_evaluator(config, model_config: SSDConfig, spec, workdir: str):
+    """Evaluates on the data set's evaluation split; writes the AP picture of each evaluation."""
+    from ssd_jax.classes import COCO_CATEGORY_IDS
+    from ssd_jax.data import pipeline
+    from ssd_jax.evaluation import Evaluator, plots
+
+    evaluator = Evaluator(model_config, batch_size=config.eval_batch_size, class_names=spec.class_names,
+                          coco_category_ids=COCO_CATEGORY_IDS if config.dataset == "coco" else None)
+
+    def evaluate(params, step):
+        source = pipeline.tfds_source(config.dataset, "eval", data_dir=config.get("data_dir"))
+        batches = pipeline.as_numpy(pipeline.eval_dataset(source, batch_size=config.eval_batch_size,
+                                                          image_size=model_config.image_size,
+                                                          max_boxes=config.max_boxes))
+        metrics = evaluator.run(params, batches)
+        per_class = {name: metrics[f"AP/{name}"] for name in evaluator.class_names}
+        plots.plot_class_ap(per_class, os.path.join(workdir, "class_ap.png"), mean_ap=metrics["voc_mAP"],
+                            title=f"step {step}, all-point AP")
+        logging.info("step %d: VOC07 mAP %.4f, VOC mAP %.4f", step, metrics["voc07_mAP"], metrics["voc_mAP"])
+        return {k: v for k, v in metrics.items() if np.isfinite(v)}
+
+    return evaluate
