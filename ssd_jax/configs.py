@@ -240,7 +240,9 @@ def ssd_tiny(num_classes: int = 21) -> SSDConfig:
     """A narrow SSD on 160-pixel inputs: the same layer types, widths / 8, five sources.
 
     Source maps 20, 10, 5, 3, 1; default-box scales spread evenly from 0.1 to 0.9 of the image
-    as in the paper's formula.
+    as in the paper's formula. Its grids are coarse for its box sizes, so at the paper's IoU 0.5
+    an object matches few default boxes (median 3 on the shapes data): it matches at 0.4
+    (median 9), which trains much faster.
     """
     image_size = 160
     extras = (
@@ -263,6 +265,7 @@ def ssd_tiny(num_classes: int = 21) -> SSDConfig:
         backbone_widths=(8, 16, 32, 64, 64),
         fc_width=128,
         extras=extras,
+        match_iou_threshold=0.4,
     )
 
 

@@ -58,6 +58,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.batch_size = 32  # global, over all devices and processes
     config.max_boxes = 100  # ground-truth boxes kept per image (the largest)
     config.shuffle_buffer = 2048
+    config.zoom_out_probability = 0.5  # SSD's "expand" augmentation
+    config.max_zoom_out = 4.0
     config.num_steps = 120_000
     config.optimizer = "sgd"  # or "adam"
     config.learning_rate = 1e-3
@@ -271,7 +273,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
                                   decode=False)
     batches = pipeline.as_numpy(pipeline.train_dataset(
         source, batch_size=local_batch_size, image_size=model_config.image_size, max_boxes=config.max_boxes,
-        seed=config.seed, shuffle_buffer=config.shuffle_buffer, start_index=start_step * local_batch_size))
+        seed=config.seed, shuffle_buffer=config.shuffle_buffer, start_index=start_step * local_batch_size,
+        augment_options={"zoom_out_probability": config.zoom_out_probability,
+                         "max_zoom_out": config.max_zoom_out}))
 
     # --- evaluation
     if evaluate_fn is None and config.eval_every:
