@@ -309,7 +309,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
                 if pending is not None:  # one step behind: the device never waits for this check
                     _check_finite(dict(zip(("loss", "grad_norm"), jax.device_get(pending[1:]))), pending[0])
                 pending = (step, metrics["loss"], metrics["grad_norm"])
-                must_save = step % config.checkpoint_every == 0 or step == config.num_steps or stop.signal
+                # Read the flag once: a signal arriving later in this step is handled at the next one,
+                # so a step that breaks out of the loop has always saved first.
+                stopping = stop.signal is not None
+                must_save = step % config.checkpoint_every == 0 or step == config.num_steps or stopping
                 if step % config.log_every == 0 or must_save:
                     metrics = jax.device_get(metrics)
                     _check_finite(metrics, step)  # before any save: a NaN state is never checkpointed
@@ -322,13 +325,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
                                     img_s=f"{metrics['images_per_second']:.0f}")
                 bar.update(1)
                 if must_save:
-                    save(step, wait=bool(stop.signal))
+                    save(step, wait=stopping)
                 if evaluate_fn is not None and config.eval_every and (step % config.eval_every == 0
                                                                       or step == config.num_steps):
                     results = evaluate_fn(state.params, step)
                     log(step, results)
                     last.update(results)
-                if stop.signal:
+                if stopping:
                     logging.warning("signal %d: saved step %d to %s; run again to resume", stop.signal, step,
                                     checkpoints.directory)
                     break
