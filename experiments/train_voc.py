@@ -40,7 +40,28 @@ def main(argv):
     except (DatasetNotPreparedError, train.NonFiniteLossError) as error:
         sys.exit(f"error: {error}")
     shown = {k: round(float(v), 4) for k, v in last.items() if "/" not in k or k.startswith("loss")}
-    print(f"done: {shown}\nworkdir {workdir}: training_curve.png, class_ap.png, metrics.jsonl, tensorboard/")
+    pictures = "training_curve.png, class_ap.png"
+    if config.eval_every:
+        draw_test_detections(config, workdir)
+        pictures += ", detections.png"
+    print(f"done: {shown}\nworkdir {workdir}: {pictures}, metrics.jsonl, tensorboard/, params/")
+
+
+def draw_test_detections(config, workdir: str, count: int = 12) -> None:
+    """Draws the trained model's detections on the first test images -> WORKDIR/detections.png."""
+    import os
+
+    import ssd_jax
+    from ssd_jax import checkpoint, visualize
+    from ssd_jax.data import pipeline
+
+    params, model_config = checkpoint.load_params(os.path.join(workdir, "params"))
+    source = pipeline.tfds_source(config.dataset, "eval", data_dir=config.get("data_dir"))
+    batch = next(pipeline.as_numpy(pipeline.eval_dataset(source, batch_size=count,
+                                                         image_size=model_config.image_size)))
+    detections = ssd_jax.detect(params, batch["image"], config=model_config)
+    sheet = visualize.detection_sheet(detections, batch["image"], pipeline.DATASETS[config.dataset].class_names)
+    sheet.save(os.path.join(workdir, "detections.png"))
 
 
 if __name__ == "__main__":

@@ -54,3 +54,16 @@ def grid(pictures: list[Image.Image], columns: int = 4, gap: int = 4) -> Image.I
     for i, picture in enumerate(pictures):
         sheet.paste(picture, ((i % columns) * (cell_w + gap), (i // columns) * (cell_h + gap)))
     return sheet
+
+
+def detection_sheet(detections, images, class_names=None, *, min_score: float = 0.5,
+                    columns: int = 4) -> Image.Image:
+    """A grid of ``images`` [B, H, W, 3] with their ``Detections`` scoring >= ``min_score`` drawn."""
+    pictures = []
+    for b, image in enumerate(np.asarray(images)):
+        n = int(detections.num_detections[b])
+        scores = np.asarray(detections.scores[b, :n])
+        keep = scores >= min_score
+        pictures.append(draw_boxes(image, np.asarray(detections.boxes[b, :n])[keep],
+                                   np.asarray(detections.classes[b, :n])[keep], scores[keep], class_names))
+    return grid(pictures, columns=columns)

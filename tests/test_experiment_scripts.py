@@ -55,3 +55,40 @@ def test_show_batch_draws_an_augmented_batch(tmp_path, data_dir):
     assert out.returncode == 0, out.stderr[-2000:]
     with Image.open(path) as picture:
         assert picture.size == (4 * 160 + 3 * 4, 2 * 160 + 4)
+
+
+def test_detect_images_draws_each_image_and_skips_a_corrupt_one(tmp_path):
+    import numpy as np
+
+    from ssd_jax.data.shapes import generate_example
+
+    config = configs.ssd_tiny(num_classes=6)
+    ckpt = checkpoint.save_params(tmp_path / "ckpt", ssd_jax.init(jax.random.key(0), config), config)
+    rng = np.random.default_rng(0)
+    paths = []
+    for name in ("first.png", "second.jpg"):
+        image, _, _ = generate_example(rng)
+        Image.fromarray(image).save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    paths.insert(1, str(tmp_path / "broken.jpg"))
+    out_dir = tmp_path / "out"
+    out = run("detect_images.py", f"--checkpoint={ckpt}", f"--out_dir={out_dir}", "--min_score=0", *paths)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "skipped" in out.stderr and "broken.jpg" in out.stderr
+    for source, drawn in (("first.png", "first.png"), ("second.jpg", "second.png")):
+        with Image.open(tmp_path / source) as original, Image.open(out_dir / drawn) as picture:
+            assert picture.size == original.size  # drawn on the image at its own size
+    assert not (out_dir / "broken.png").exists()
+    results = json.loads((out_dir / "detections.json").read_text())
+    assert results and {r["image_id"] for r in results} <= {0, 2}
+    first = next(r for r in results if r["image_id"] == 0)
+    assert set(first) == {"image_id", "file_name", "category_id", "bbox", "score"} and 1 <= first["category_id"] <= 5
+    assert len(first["bbox"]) == 4 and first["bbox"][2] >= 0 and first["bbox"][3] >= 0
+
+
+def test_detect_images_needs_a_model(tmp_path):
+    out = run("detect_images.py", str(tmp_path / "x.jpg"))
+    assert out.returncode != 0 and "exactly one of --checkpoint" in out.stderr
+    out = run("detect_images.py", f"--checkpoint={tmp_path / 'none'}", str(tmp_path / "x.jpg"))
+    assert out.returncode != 0 and "not a complete ssd_jax parameter checkpoint" in out.stderr
