@@ -7,13 +7,16 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssd_jax.models.fast_grads import conv_general_dilated, max_pool
+
 # Xavier-uniform weights and zero biases, as the reference SSD initialises its new layers.
 kernel_init = nn.initializers.xavier_uniform()
 
 
 def conv(features: int, kernel: int, *, name: str, dtype: Any, stride: int = 1, padding: int = 0,
          dilation: int = 1) -> nn.Conv:
-    """A square NHWC convolution with explicit symmetric padding (Caffe/PyTorch semantics)."""
+    """A square NHWC convolution with explicit symmetric padding (Caffe/PyTorch semantics), with
+    the fast kernel gradient of ``ssd_jax.models.fast_grads`` on CPU."""
     return nn.Conv(
         features,
         (kernel, kernel),
@@ -24,6 +27,7 @@ def conv(features: int, kernel: int, *, name: str, dtype: Any, stride: int = 1, 
         bias_init=nn.initializers.zeros,
         dtype=dtype,
         param_dtype=jnp.float32,
+        conv_general_dilated=conv_general_dilated,
         name=name,
     )
 
@@ -32,7 +36,7 @@ def max_pool_2x2(x, *, ceil_mode: bool = False):
     """2x2/2 max pool [B, H, W, C] -> [B, H/2, W/2, C]; ceil mode pads the odd edge with -inf."""
     pad_h = x.shape[1] % 2 if ceil_mode else 0
     pad_w = x.shape[2] % 2 if ceil_mode else 0
-    return nn.max_pool(x, (2, 2), strides=(2, 2), padding=((0, pad_h), (0, pad_w)))
+    return max_pool(x, 2, 2, ((0, pad_h), (0, pad_w)))
 
 
 class L2Norm(nn.Module):
@@ -80,7 +84,7 @@ class VGG16Base(nn.Module):
                 conv4_3 = L2Norm(self.l2norm_scale, name="conv4_3_norm")(x)
             if block < 5:
                 x = max_pool_2x2(x, ceil_mode=block == 3)
-        x = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))  # pool5
+        x = max_pool(x, 3, 1, ((1, 1), (1, 1)))  # pool5
         x = nn.relu(conv(self.fc_width, 3, padding=6, dilation=6, name="fc6", dtype=self.dtype)(x))
         x = nn.relu(conv(self.fc_width, 1, name="fc7", dtype=self.dtype)(x))
         return conv4_3, x

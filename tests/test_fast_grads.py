@@ -1,0 +1,89 @@
+"""The CPU derivative rules of convolution and max pooling give lax's values and gradients."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from ssd_jax.models import fast_grads
+
+# (input [B, H, W, Cin], kernel, stride, padding, dilation, Cout): the layer kinds of SSD.
+CONV_CASES = [
+    ((2, 11, 11, 5), 3, 1, 1, 1, 7),   # VGG 3x3
+    ((2, 19, 19, 8), 3, 1, 6, 6, 6),   # fc6: dilation 6
+    ((2, 10, 10, 4), 1, 1, 0, 1, 3),   # fc7 / extras: 1x1
+    ((2, 10, 10, 4), 3, 2, 1, 1, 6),   # extras: stride 2
+    ((1, 9, 13, 3), 3, 1, 0, 1, 4),    # extras: no padding, not square
+]
+
+
+def lax_conv(x, kernel, stride, padding, dilation):
+    return lax.conv_general_dilated(x, kernel, (stride, stride), ((padding, padding),) * 2,
+                                    rhs_dilation=(dilation, dilation), dimension_numbers=fast_grads.NHWC)
+
+
+@pytest.mark.parametrize("shape, k, stride, padding, dilation, cout", CONV_CASES)
+def test_conv_values_and_gradients_equal_lax(shape, k, stride, padding, dilation, cout):
+    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, shape)
+    kernel = jax.random.normal(kk, (k, k, shape[-1], cout))
+    ours = lambda x, w: fast_grads.conv_nhwc(x, w, (stride, stride), ((padding, padding),) * 2,  # noqa: E731
+                                             (dilation, dilation))
+    theirs = lambda x, w: lax_conv(x, w, stride, padding, dilation)  # noqa: E731
+    y = theirs(x, kernel)
+    np.testing.assert_array_equal(ours(x, kernel), y)
+    cotangent = jax.random.normal(kg, y.shape)
+    grads = [jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) * cotangent), argnums=(0, 1)))(x, kernel)
+             for f in (ours, theirs)]
+    for got, expected in zip(*grads):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * float(jnp.abs(expected).max()))
+    # The kernel gradient really takes the matmul path: one convolution fewer than lax's.
+    convolutions = [jax.jit(jax.grad(lambda w, f=f: jnp.sum(f(x, w) * cotangent))).lower(kernel).as_text()
+                    .count("stablehlo.convolution") for f in (ours, theirs)]
+    assert convolutions[0] < convolutions[1], convolutions
+
+
+def test_conv_forward_mode_equals_lax():
+    x = jax.random.normal(jax.random.key(1), (1, 8, 8, 3))
+    kernel = jax.random.normal(jax.random.key(2), (3, 3, 3, 4))
+    tangents = (jnp.ones_like(x), jnp.full_like(kernel, 0.5))
+    _, ours = jax.jvp(lambda x, w: fast_grads.conv_nhwc(x, w, (1, 1), ((1, 1), (1, 1)), (1, 1)), (x, kernel), tangents)
+    _, theirs = jax.jvp(lambda x, w: lax_conv(x, w, 1, 1, 1), (x, kernel), tangents)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+
+
+def test_flax_conv_takes_the_fast_path_only_where_it_applies():
+    x = jnp.ones((1, 6, 6, 2))
+    kernel = jnp.ones((3, 3, 2, 2))
+    numbers = lax.conv_dimension_numbers(x.shape, kernel.shape, fast_grads.NHWC)
+    y = fast_grads.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=numbers)
+    np.testing.assert_array_equal(y, lax_conv(x, kernel, 1, 1, 1))
+    # A grouped convolution is passed to lax unchanged.
+    grouped = fast_grads.conv_general_dilated(x, kernel[:, :, :1], (1, 1), "SAME", dimension_numbers=numbers,
+                                              feature_group_count=2)
+    assert grouped.shape == (1, 6, 6, 2)
+
+
+# (input shape, window, stride, padding): pools 1-4 (2x2/2, pool3 with ceil mode) and pool5 (3x3/1).
+POOL_CASES = [
+    ((2, 8, 8, 3), 2, 2, ((0, 0), (0, 0))),
+    ((2, 7, 9, 3), 2, 2, ((0, 1), (0, 1))),
+    ((2, 6, 6, 4), 3, 1, ((1, 1), (1, 1))),
+]
+
+
+@pytest.mark.parametrize("shape, window, stride, padding", POOL_CASES)
+def test_max_pool_values_and_gradients_equal_lax(shape, window, stride, padding):
+    # After a ReLU many inputs tie at 0: the gradient must go to the same element as lax's.
+    x = jnp.maximum(jax.random.normal(jax.random.key(0), shape), 0.0)
+    x = x.at[0, 0, :2, 0].set(1.0)  # an exact tie between two positive values too
+    ours = lambda x: fast_grads.max_pool(x, window, stride, padding)  # noqa: E731
+    theirs = lambda x: nn.max_pool(x, (window, window), strides=(stride, stride), padding=padding)  # noqa: E731
+    y = theirs(x)
+    np.testing.assert_array_equal(ours(x), y)
+    cotangent = jax.random.normal(jax.random.key(1), y.shape)
+    got, expected = (jax.jit(jax.grad(lambda x, f=f: jnp.sum(f(x) * cotangent)))(x) for f in (ours, theirs))
+    np.testing.assert_array_equal(got != 0, expected != 0)  # the same elements receive gradient
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)  # summed in another order where windows overlap
