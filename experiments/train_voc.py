@@ -31,9 +31,12 @@ def main(argv):
     config = CONFIG.value
     if DATASET.value != "voc" and config.dataset == "voc":  # --dataset=shapes without a --config file
         import configs.shapes_tiny as shapes_tiny
+        from ml_collections import config_flags
 
         config = shapes_tiny.get_config()
         config.dataset = DATASET.value
+        # The --config.FIELD=VALUE overrides were applied to the default file's config: apply them here.
+        config.update_from_flattened_dict(config_flags.get_override_values(flags.FLAGS["config"]))
     workdir = train_lib.WORKDIR.value or f"runs/{config.dataset}_{config.model}"
     try:
         last = train.train_and_evaluate(config, workdir)

@@ -210,9 +210,9 @@ def run_script(*args):
 
 
 def test_train_voc_script_on_shapes_with_evaluation(tmp_path, data_dir):
+    # --dataset picks the shapes config; the --config.FIELD overrides apply to it.
     out = run_script("--accel=cpu", "--dataset=shapes_tiny", f"--workdir={tmp_path}",
-                     f"--config={os.path.join(REPO, 'experiments', 'configs', 'shapes_tiny.py')}",
-                     "--config.dataset=shapes_tiny", f"--config.data_dir={data_dir}", "--config.num_steps=4",
+                     f"--config.data_dir={data_dir}", "--config.num_steps=4",
                      "--config.batch_size=4", "--config.eval_every=4", "--config.eval_batch_size=4",
                      "--config.checkpoint_every=4")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -220,6 +220,7 @@ def test_train_voc_script_on_shapes_with_evaluation(tmp_path, data_dir):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("voc07_mAP" in r for r in records) and records[-1]["step"] == 4
     assert (tmp_path / "class_ap.png").exists() and (tmp_path / "training_curve.png").exists()
+    assert (tmp_path / "detections.png").exists()
 
 
 def test_missing_accelerator_is_reported():
