@@ -45,25 +45,42 @@ def test_conv_values_and_gradients_equal_lax(shape, k, stride, padding, dilation
     assert convolutions[0] < convolutions[1], convolutions
 
 
-def test_conv_forward_mode_equals_lax():
-    x = jax.random.normal(jax.random.key(1), (1, 8, 8, 3))
-    kernel = jax.random.normal(jax.random.key(2), (3, 3, 3, 4))
-    tangents = (jnp.ones_like(x), jnp.full_like(kernel, 0.5))
-    _, ours = jax.jvp(lambda x, w: fast_grads.conv_nhwc(x, w, (1, 1), ((1, 1), (1, 1)), (1, 1)), (x, kernel), tangents)
-    _, theirs = jax.jvp(lambda x, w: lax_conv(x, w, 1, 1, 1), (x, kernel), tangents)
-    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+def test_bfloat16_gradients_are_close_to_lax():
+    x = jax.random.normal(jax.random.key(1), (2, 10, 10, 16), jnp.bfloat16)
+    kernel = jax.random.normal(jax.random.key(2), (3, 3, 16, 8), jnp.bfloat16)
+
+    def loss(f):
+        return lambda x, w: jnp.sum(f(x, w).astype(jnp.float32) ** 2)
+
+    ours = jax.grad(loss(lambda x, w: fast_grads.max_pool(
+        fast_grads.conv_nhwc(x, w, (1, 1), ((1, 1), (1, 1)), (1, 1)), 3, 1, ((1, 1), (1, 1)))),
+        argnums=(0, 1))(x, kernel)
+    theirs = jax.grad(loss(lambda x, w: nn.max_pool(lax_conv(x, w, 1, 1, 1), (3, 3), padding=((1, 1), (1, 1)))),
+                      argnums=(0, 1))(x, kernel)
+    for got, expected in zip(ours, theirs):
+        assert got.dtype == jnp.bfloat16
+        error = jnp.abs(got.astype(jnp.float32) - expected.astype(jnp.float32)).max()
+        assert float(error) <= 0.02 * float(jnp.abs(expected.astype(jnp.float32)).max())
 
 
-def test_flax_conv_takes_the_fast_path_only_where_it_applies():
+def test_the_model_takes_the_fast_path_only_where_it_applies():
+    from ssd_jax import configs
+    from ssd_jax.models import SSD, init
+
+    config = configs.ssd_tiny(num_classes=3)
+    images = jnp.zeros((1, config.image_size, config.image_size, 3))
+    jaxpr = str(jax.make_jaxpr(lambda p: SSD(config).apply({"params": p}, images))(init(jax.random.key(0), config)))
+    # Every convolution (the base, fc6, fc7, 2 per extra layer, 2 per source) and every pooling (5) goes
+    # through the CPU rules: flax's dimension numbers are the ones the fast path expects.
+    convolutions = sum(config.backbone_depths) + 2 + 2 * len(config.extras) + 2 * len(config.feature_map_sizes)
+    assert jaxpr.count("custom_vjp_call") == convolutions + 5
     x = jnp.ones((1, 6, 6, 2))
-    kernel = jnp.ones((3, 3, 2, 2))
+    kernel = jnp.ones((3, 3, 1, 2))
     numbers = lax.conv_dimension_numbers(x.shape, kernel.shape, fast_grads.NHWC)
-    y = fast_grads.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=numbers)
-    np.testing.assert_array_equal(y, lax_conv(x, kernel, 1, 1, 1))
-    # A grouped convolution is passed to lax unchanged.
-    grouped = fast_grads.conv_general_dilated(x, kernel[:, :, :1], (1, 1), "SAME", dimension_numbers=numbers,
-                                              feature_group_count=2)
-    assert grouped.shape == (1, 6, 6, 2)
+    # A grouped convolution is passed to lax unchanged (no custom rule).
+    grouped = jax.make_jaxpr(lambda x: fast_grads.conv_general_dilated(
+        x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=numbers, feature_group_count=2))(x)
+    assert "custom_vjp_call" not in str(grouped) and "feature_group_count=2" in str(grouped)
 
 
 # (input shape, window, stride, padding): pools 1-4 (2x2/2, pool3 with ceil mode) and pool5 (3x3/1).

@@ -5,12 +5,14 @@ Two gradients are slow in XLA:CPU (measured on SSD300's and ssd_tiny's layers, 2
   convolution (the gradient with respect to the input is as fast as the forward);
 - max pooling's gradient (select-and-scatter) takes 6 to 25 times as long as the pooling.
 
-On CPU these layers therefore carry their own derivative rules: the convolution's kernel
-tangent is a sum over kernel taps of (shifted input window) @ kernel[i, j], whose transpose,
-used by reverse-mode differentiation, is one matrix product per tap at matmul speed; max pooling
-sends each output's gradient to the first maximum of its window (the element XLA's
-select-and-scatter picks) with elementwise selects and pads. Values and gradients equal lax's
-(tested); other backends use lax unchanged.
+On CPU these layers therefore carry their own gradients (``jax.custom_vjp``): the kernel
+gradient of a convolution is one matrix product per kernel tap, (shifted input window)^T @
+(output gradient), and max pooling sends each output's gradient to the first maximum of its
+window (the element XLA's select-and-scatter picks) with elementwise selects and pads. Both
+keep only the layer's inputs for the backward pass. Values and gradients equal lax's (tested).
+Other backends (cuDNN on GPUs) use lax unchanged. The choice follows ``jax.default_backend()``
+at trace time. On CPU, forward-mode differentiation (``jax.jvp``) through these layers is not
+available: training and ``detect`` need none.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None
     the fast kernel gradient; everything else is passed to lax as it is.
     """
     plain = (_on_cpu() and lhs.ndim == 4 and not isinstance(padding, str)
+             and all(p >= 0 for pair in padding for p in pair)
              and all(d == 1 for d in (lhs_dilation or (1, 1))) and feature_group_count == 1
              and precision is None and preferred_element_type is None
              and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
@@ -50,7 +53,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None
                      tuple(rhs_dilation or (1, 1)))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv_nhwc(x, kernel, strides, padding, dilation):
     """x [B, H, W, Cin] (*) kernel [kh, kw, Cin, Cout] -> [B, Ho, Wo, Cout], as lax computes it.
 
@@ -59,29 +62,33 @@ def conv_nhwc(x, kernel, strides, padding, dilation):
     return lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=dilation, dimension_numbers=NHWC)
 
 
-@conv_nhwc.defjvp
-def _conv_nhwc_jvp(strides, padding, dilation, primals, tangents):
-    x, kernel = primals
-    x_dot, kernel_dot = tangents
-    y = conv_nhwc(x, kernel, strides, padding, dilation)
-    y_dot = (lax.conv_general_dilated(x_dot, kernel, strides, padding, rhs_dilation=dilation,
-                                      dimension_numbers=NHWC)
-             + conv_as_matmuls(x, kernel_dot, strides, padding, dilation))
-    return y, y_dot
+def _conv_nhwc_fwd(x, kernel, strides, padding, dilation):
+    return conv_nhwc(x, kernel, strides, padding, dilation), (x, kernel)
 
 
-def conv_as_matmuls(x, kernel, strides, padding, dilation):
-    """The convolution as a sum over kernel taps of (shifted input window) @ kernel[i, j].
+def _conv_nhwc_bwd(strides, padding, dilation, residuals, g):
+    x, kernel = residuals
+    # The input gradient is XLA's own (as fast as the forward); only the kernel gradient differs.
+    (x_grad,) = jax.linear_transpose(
+        lambda x: lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=dilation,
+                                           dimension_numbers=NHWC), x)(g)
+    return x_grad, kernel_gradient(x, g, kernel.shape, strides, padding, dilation)
 
-    Linear in ``kernel``; its transpose is sum_ij window_ij^T @ dy, one [Cin, B*Ho*Wo] x
-    [B*Ho*Wo, Cout] matrix product per tap.
+
+conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
+
+
+def kernel_gradient(x, g, kernel_shape, strides, padding, dilation):
+    """d(sum(conv(x, kernel) * g)) / d kernel -> [kh, kw, Cin, Cout], as one matrix product per tap.
+
+    Tap (i, j) of the kernel meets the input window shifted by (i, j) * dilation, so its
+    gradient is window_ij^T @ g: [Cin, B*Ho*Wo] x [B*Ho*Wo, Cout], at matmul speed.
     """
-    kh, kw, cin, cout = kernel.shape
+    kh, kw, cin, cout = kernel_shape
     padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    windows = _windows(padded, (kh, kw), strides, dilation)
-    out_shape = windows[0].shape[:3] + (cout,)
-    terms = [window.reshape(-1, cin) @ kernel[i // kw, i % kw] for i, window in enumerate(windows)]
-    return functools.reduce(jnp.add, terms).reshape(out_shape)
+    g_matrix = g.reshape(-1, cout)
+    taps = [window.reshape(-1, cin).T @ g_matrix for window in _windows(padded, (kh, kw), strides, dilation)]
+    return jnp.stack(taps).reshape(kernel_shape).astype(x.dtype)
 
 
 def _windows(padded, window, strides, dilation=(1, 1)) -> list:
