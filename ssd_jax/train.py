@@ -60,6 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.shuffle_buffer = 2048
     config.zoom_out_probability = 0.5  # SSD's "expand" augmentation
     config.max_zoom_out = 4.0
+    config.crop_probability = 1.0  # SSD's min-IoU crop sampler runs for every image
     config.num_steps = 120_000
     config.optimizer = "sgd"  # or "adam"
     config.learning_rate = 1e-3
@@ -275,7 +276,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
         source, batch_size=local_batch_size, image_size=model_config.image_size, max_boxes=config.max_boxes,
         seed=config.seed, shuffle_buffer=config.shuffle_buffer, start_index=start_step * local_batch_size,
         augment_options={"zoom_out_probability": config.zoom_out_probability,
-                         "max_zoom_out": config.max_zoom_out}))
+                         "max_zoom_out": config.max_zoom_out,
+                         "crop_probability": config.crop_probability}))
 
     # --- evaluation
     if evaluate_fn is None and config.eval_every:

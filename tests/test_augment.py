@@ -157,3 +157,17 @@ def test_photometric_distortion_stays_in_range_and_changes_colour():
 def test_flip_boxes():
     flipped = augment.flip_boxes(tf.constant([[0.1, 0.2, 0.4, 0.9]])).numpy()
     np.testing.assert_allclose(flipped, [[0.6, 0.2, 0.9, 0.9]], atol=1e-7)
+
+
+def test_crop_probability_zero_keeps_the_whole_image():
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    boxes = random_boxes(rng, 4)
+    labels = np.arange(1, 5, dtype=np.int32)
+    for draw in range(20):
+        _, out_boxes, out_labels = augment.ssd_augment(image, boxes, labels, tf.constant([5, draw]), size=32,
+                                                       zoom_out_probability=0.0, crop_probability=0.0)
+        out_boxes = out_boxes.numpy()
+        np.testing.assert_array_equal(out_labels, labels)  # every object kept, none cropped
+        unflipped = np.allclose(out_boxes, boxes, atol=1e-6)
+        assert unflipped or np.allclose(out_boxes, augment.flip_boxes(boxes).numpy(), atol=1e-6)

@@ -43,7 +43,7 @@ def test_detections_are_well_formed(params):
 
 
 def test_detect_equals_model_plus_postprocess(params):
-    pixels = images(height=160, width=160, dtype=np.float32)
+    pixels = images(height=CONFIG.image_size, width=CONFIG.image_size, dtype=np.float32)
     dets = ssd_jax.detect(params, pixels, config=CONFIG)
     loc, logits = SSD(CONFIG).apply({"params": params}, pixels)
     expected = postprocess(loc, logits, CONFIG, score_threshold=0.01, iou_threshold=0.45,
@@ -121,7 +121,7 @@ def test_bad_options_raise(params, option):
 
 
 def test_bfloat16_detect_runs_and_agrees_with_float32(params):
-    pixels = images(height=160, width=160)
+    pixels = images(height=CONFIG.image_size, width=CONFIG.image_size)
     f32 = ssd_jax.detect(params, pixels, config=CONFIG)
     bf16 = ssd_jax.detect(params, pixels, config=CONFIG, dtype=jnp.bfloat16)
     # The best detection per image is the same object, with a close score.

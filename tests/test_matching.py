@@ -75,7 +75,7 @@ def test_random_small_prior_set_matches_reference(seed, threshold):
 # Seeds whose random boxes keep clear of float32 near ties (checked by assert_well_conditioned): a
 # small box inside two default boxes of equal area ties in exact arithmetic, and float32 rounding
 # then decides.
-@pytest.mark.parametrize("seed", [11, 12, 13])
+@pytest.mark.parametrize("seed", [11, 12, 14])
 def test_random_gt_on_ssd_tiny_priors_matches_reference(seed):
     priors = ssd_jax.priors(configs.ssd_tiny())
     rng = np.random.default_rng(seed)
@@ -194,7 +194,7 @@ def test_gt_overlapping_no_prior_forces_nothing():
 
 def test_match_batch_under_jit_and_vmap():
     priors = ssd_jax.priors(configs.ssd_tiny())
-    rng = np.random.default_rng(19)
+    rng = np.random.default_rng(21)  # clear of near ties on these priors
     images = [random_gt(rng, num_gt=5, num_valid=v) for v in (3, 0, 5)]
     boxes, labels, masks = (np.stack(x) for x in zip(*images))
     for b in range(3):

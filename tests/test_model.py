@@ -95,7 +95,8 @@ def test_head_bias_reaches_the_matching_prior_slot():
     params["conf_1"]["bias"] = np.zeros_like(params["conf_1"]["bias"])
     box, cls = 2, 1
     params["conf_1"]["bias"][box * config.num_classes + cls] = 7.0
-    _, logits = SSD(config).apply({"params": params}, np.zeros((1, 160, 160, 3), np.float32))
+    size = config.image_size
+    _, logits = SSD(config).apply({"params": params}, np.zeros((1, size, size, 3), np.float32))
     logits = np.asarray(logits)[0]
     start = config.feature_map_sizes[0] ** 2 * config.boxes_per_location[0]
     cells, per_cell = config.feature_map_sizes[1] ** 2, config.boxes_per_location[1]
@@ -110,13 +111,14 @@ def test_wrong_image_shape_is_rejected():
     config = configs.ssd_tiny()
     params = ssd_jax.init(jax.random.key(0), config)
     with pytest.raises(ValueError, match="expects images"):
-        SSD(config).apply({"params": params}, np.zeros((1, 100, 160, 3), np.float32))
+        SSD(config).apply({"params": params}, np.zeros((1, 100, config.image_size, 3), np.float32))
 
 
 def test_bfloat16_compute_is_close_to_float32():
     config = configs.ssd_tiny()
     params = ssd_jax.init(jax.random.key(0), config)
-    images = np.random.default_rng(0).uniform(0, 255, (2, 160, 160, 3)).astype(np.float32)
+    size = config.image_size
+    images = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
     loc32, logit32 = SSD(config).apply({"params": params}, images)
     loc16, logit16 = SSD(config, dtype=jnp.bfloat16).apply({"params": params}, images)
     assert loc16.dtype == jnp.float32  # outputs are float32 whatever the compute dtype

@@ -46,7 +46,8 @@ def random_batch(batch_size=8, max_boxes=4, seed=0):
     boxes = np.concatenate([lo, lo + rng.uniform(0.1, 0.4, (batch_size, max_boxes, 2))], -1).astype(np.float32)
     mask = rng.random((batch_size, max_boxes)) < 0.7
     mask[0] = False  # an image without objects
-    return {"image": rng.integers(0, 255, (batch_size, 160, 160, 3), dtype=np.uint8),
+    size = configs.ssd_tiny().image_size
+    return {"image": rng.integers(0, 255, (batch_size, size, size, 3), dtype=np.uint8),
             "boxes": np.where(mask[..., None], boxes, 0).astype(np.float32),
             "labels": np.where(mask, rng.integers(1, 6, mask.shape), 0).astype(np.int32), "mask": mask}
 

@@ -191,7 +191,7 @@ def flip_boxes(boxes):
 
 
 def ssd_augment(image, boxes, labels, seed, *, size: int, zoom_out_probability=0.5, max_zoom_out=4.0,
-                photometric=True):
+                crop_probability=1.0, photometric=True):
     """SSD's training transform of one example.
 
     Args:
@@ -199,6 +199,8 @@ def ssd_augment(image, boxes, labels, seed, *, size: int, zoom_out_probability=0
       boxes: float32 [N, 4] xyxy normalised; labels [N] (any dtype), kept in step with boxes.
       seed: [2] int tensor.
       size: output side.
+      crop_probability: chance that the min-IoU crop sampler runs at all (SSD: 1; otherwise the
+        whole image is kept). Short schedules from scratch learn faster with fewer crops.
     Returns:
       (image float32 [size, size, 3] in [0, 255], boxes [M, 4], labels [M]); M <= N.
     """
@@ -209,6 +211,9 @@ def ssd_augment(image, boxes, labels, seed, *, size: int, zoom_out_probability=0
     canvas, _ = sample_zoom_out(seeds[1], probability=zoom_out_probability, max_ratio=max_zoom_out)
     boxes_on_canvas = to_frame(boxes, canvas)
     crop, _ = sample_crop(boxes_on_canvas, seeds[2])
+    if crop_probability < 1.0:
+        skip_seed = tf.random.experimental.stateless_fold_in(seeds[2], 1)  # leaves the other draws as they were
+        crop = tf.where(_coin(skip_seed, crop_probability), crop, tf.constant([0.0, 0.0, 1.0, 1.0]))
     boxes, labels = crop_boxes(boxes_on_canvas, labels, crop)
     # The crop in the original image's coordinates: canvas origin + crop * canvas size.
     canvas_size = canvas[2:] - canvas[:2]

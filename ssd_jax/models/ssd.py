@@ -41,8 +41,8 @@ class SSD(nn.Module):
         x = images.astype(jnp.float32) - jnp.asarray(cfg.mean_rgb, jnp.float32)
         x = x.astype(self.dtype)
 
-        conv4_3, x = VGG16Base(cfg.backbone_widths, cfg.fc_width, cfg.l2norm_scale, self.dtype,
-                               name="backbone")(x)
+        conv4_3, x = VGG16Base(widths=cfg.backbone_widths, fc_width=cfg.fc_width, depths=cfg.backbone_depths,
+                               l2norm_scale=cfg.l2norm_scale, dtype=self.dtype, name="backbone")(x)
         sources = [conv4_3, x]
         for i, extra in enumerate(cfg.extras, start=1):
             x = nn.relu(conv(extra.mid, 1, name=f"extra{i}_1", dtype=self.dtype)(x))

@@ -71,13 +71,14 @@ class VGG16Base(nn.Module):
 
     widths: tuple[int, ...] = (64, 128, 256, 512, 512)
     fc_width: int = 1024
+    depths: tuple[int, ...] = VGG16_BLOCK_DEPTHS
     l2norm_scale: float = 20.0
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         conv4_3 = None
-        for block, (depth, width) in enumerate(zip(VGG16_BLOCK_DEPTHS, self.widths), start=1):
+        for block, (depth, width) in enumerate(zip(self.depths, self.widths), start=1):
             for layer in range(1, depth + 1):
                 x = nn.relu(conv(width, 3, padding=1, name=f"conv{block}_{layer}", dtype=self.dtype)(x))
             if block == 4:
