@@ -4,19 +4,17 @@
   python benchmarks/bench_train.py --models=ssd300 --batches=8,32,64 --dtypes=float32,bfloat16
 
 Batches are synthetic (random pixels and boxes, generated once) so that only the jitted step is
-timed; compile time is reported apart. Prints a markdown table and writes JSON.
+timed; the first step (compilation included) is reported apart. Prints a markdown table and writes JSON.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import time
 
+import benchlib
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from ssd_jax import configs, train
 
@@ -53,7 +51,7 @@ def measure(model: str, batch_size: int, dtype: str) -> dict:
     start = time.perf_counter()
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
-    compile_seconds = time.perf_counter() - start
+    first_step_seconds = time.perf_counter() - start
     state, metrics = step(state, batch)  # warm-up
     jax.block_until_ready(metrics)
     start = time.perf_counter()
@@ -63,27 +61,19 @@ def measure(model: str, batch_size: int, dtype: str) -> dict:
     seconds = (time.perf_counter() - start) / STEPS.value
     return {"model": model, "batch": batch_size, "dtype": dtype, "devices": jax.device_count(),
             "step_ms": round(seconds * 1000, 1), "images_per_s": round(batch_size / seconds, 2),
-            "compile_s": round(compile_seconds, 1)}
+            "first_step_s": round(first_step_seconds, 1)}
 
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)
     rows = [measure(model, int(batch), dtype) for model in MODELS.value for batch in BATCHES.value
             for dtype in DTYPES.value]
-    device = jax.devices()[0]
-    machine = f"{device.platform} {device.device_kind}, {jax.device_count()} device(s)"
-    if device.platform == "cpu":
-        machine += f", {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
-    print(f"\ntrain step, {machine}, jax {jax.__version__}\n")
-    print("| model | batch | dtype | step ms | images/s | compile s |\n|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['batch']} | {r['dtype']} | {r['step_ms']} | {r['images_per_s']} | "
-              f"{r['compile_s']} |")
-    os.makedirs(os.path.dirname(OUT.value) or ".", exist_ok=True)
-    with open(OUT.value, "w") as f:
-        json.dump({"machine": machine, "date": time.strftime("%Y-%m-%d"), "jax": jax.__version__, "rows": rows},
-                  f, indent=2)
-    print(f"\nwrote {OUT.value}")
+    print(f"\ntrain step, {benchlib.machine()}, jax {jax.__version__}\n")
+    print(benchlib.markdown_table(rows, [("model", "model"), ("batch", "batch"), ("dtype", "dtype"),
+                                         ("step_ms", "step ms"), ("images_per_s", "images/s"),
+                                         ("first_step_s", "first step s")]))
+    benchlib.write_json(OUT.value, {"benchmark": "train_step", "rows": rows})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,88 @@
+"""Images/s of ``ssd_jax.detect`` (pixels -> padded detections), with the network and the
+post-processing (decode + per-class NMS) also timed apart, and FLOPs against the device's peak.
+
+  python benchmarks/bench_detect.py                                   # CPU: SSD300 and SSD512, batch 1 and 8
+  python benchmarks/bench_detect.py --batches=1,8,64 --dtypes=float32,bfloat16   # a GPU
+
+Weights are random, so nearly every class passes the 0.01 score threshold and NMS gets its
+worst case (400 candidates for each of the 20 classes). FLOPs per image come from XLA's cost
+analysis of the compiled network; the achieved rate is compared with the device's peak as this
+script measures it (a large matmul and a large 3x3 convolution in the same dtype). Compile time
+(the first call) is reported apart. Prints a markdown table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import time
+
+import benchlib
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+
+import ssd_jax
+from ssd_jax import configs
+from ssd_jax.detect import postprocess, resize_images
+from ssd_jax.models import SSD
+
+MODELS = flags.DEFINE_list("models", ["ssd300", "ssd512"], "Model presets of ssd_jax.configs.")
+BATCHES = flags.DEFINE_list("batches", ["1", "8"], "Batch sizes.")
+DTYPES = flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes (float32, bfloat16).")
+REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per setting (median reported), after one warm-up.")
+OUT = flags.DEFINE_string("out", "benchmarks/results/bench_detect.json", "JSON to write.")
+
+COLUMNS = [("model", "model"), ("batch", "batch"), ("dtype", "dtype"), ("images_per_s", "detect images/s"),
+           ("detect_ms", "detect ms"), ("forward_ms", "network ms"), ("postprocess_ms", "decode+NMS ms"),
+           ("first_call_s", "first call s"), ("gflop_per_image", "GFLOP/image"), ("tflops", "TFLOP/s"),
+           ("peak_fraction", "of peak")]
+
+
+def measure(model: str, batch_size: int, dtype_name: str, peak: dict) -> dict:
+    config = configs.get(model)
+    dtype = benchlib.dtype_of(dtype_name)
+    params = ssd_jax.init(jax.random.key(0), config)
+    size = config.image_size
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8))
+
+    network = jax.jit(lambda p, x: SSD(config, dtype=dtype).apply({"params": p}, resize_images(x, size)))
+    network, _ = benchlib.compile_timed(network, params, images)
+    locations, logits = network(params, images)
+    post, _ = benchlib.compile_timed(jax.jit(lambda loc, cls: postprocess(loc, cls, config)), locations, logits)
+
+    def run_detect():
+        return ssd_jax.detect(params, images, config=config, dtype=dtype)
+
+    start = time.perf_counter()
+    jax.block_until_ready(run_detect())  # the first call compiles the whole program, then runs it
+    first_call_s = time.perf_counter() - start
+
+    detect_s = benchlib.seconds_per_call(run_detect, repeats=REPEATS.value)
+    forward_s = benchlib.seconds_per_call(lambda: network(params, images), repeats=REPEATS.value)
+    post_s = benchlib.seconds_per_call(lambda: post(locations, logits), repeats=REPEATS.value)
+    flops = benchlib.flops_of(network)
+    row = {"model": model, "batch": batch_size, "dtype": dtype_name, "images_per_s": batch_size / detect_s,
+           "detect_ms": detect_s * 1e3, "forward_ms": forward_s * 1e3, "postprocess_ms": post_s * 1e3,
+           "first_call_s": first_call_s}
+    if flops:
+        achieved = flops / forward_s
+        row.update(gflop_per_image=flops / batch_size / 1e9, tflops=achieved / 1e12,
+                   peak_fraction=achieved / max(peak.values()))
+    return row
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    peaks = {name: benchlib.measured_peak(benchlib.dtype_of(name)) for name in DTYPES.value}
+    rows = [measure(model, int(batch), dtype, peaks[dtype]) for model in MODELS.value
+            for batch in BATCHES.value for dtype in DTYPES.value]
+    print(f"\ndetect, {benchlib.machine()}, jax {jax.__version__}\n")
+    print(benchlib.markdown_table(rows, COLUMNS))
+    print("\nmeasured peak, TFLOP/s: " + ", ".join(
+        f"{name}: matmul {p['matmul'] / 1e12:.3g}, 3x3 conv {p['conv'] / 1e12:.3g}" for name, p in peaks.items()))
+    benchlib.write_json(OUT.value, {"benchmark": "detect", "peak_flops": peaks, "rows": rows})
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,182 @@
+"""ssd_jax against torchvision's ssd300_vgg16, side by side: the same weights, images and batch.
+
+  python benchmarks/compare_torchvision.py                 # needs torch + torchvision (pip install -e '.[torch]')
+  python benchmarks/compare_torchvision.py --batch=8 --train_batch=4 --repeats=5
+
+torchvision's model is randomly initialised and converted with ``ssd_jax.weights.from_torchvision``
+into ``ssd300_torchvision`` (91 classes), so both compute the same function. Inference: uint8
+images [B, 300, 300, 3] -> ``ssd_jax.detect`` against ``model(images)`` in eval mode (both
+normalise, run the network, decode and NMS). Training: one SGD step (momentum 0.9, weight decay
+5e-4) on the same images and boxes, matching and hard negative mining included on both sides.
+Calls alternate (ours, theirs, ours, ...) after a warm-up, and the median of each side is
+reported; the ratio is ssd_jax's images/s over torchvision's (above 1: ssd_jax is faster).
+Prints a markdown table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import time
+
+try:  # torch must be imported before TensorFlow or JAX pulls it in (see the README's known limits)
+    import torch
+    import torchvision
+except ImportError:  # reported in main()
+    torch = torchvision = None
+
+import benchlib
+import jax
+import numpy as np
+from absl import app, flags, logging
+
+import ssd_jax
+from ssd_jax import train, weights
+
+BATCH = flags.DEFINE_integer("batch", 8, "Images per inference call.")
+TRAIN_BATCH = flags.DEFINE_integer("train_batch", 8, "Images per training step (0: skip training).")
+REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls of each side (median reported).")
+OUT = flags.DEFINE_string("out", "benchmarks/results/compare_torchvision.json", "JSON to write.")
+
+
+def sample_batch(batch: int, max_boxes: int = 8, seed: int = 0) -> dict:
+    """Smooth colour patterns with noise (uint8 [B, 300, 300, 3]) and 1..max_boxes boxes per image."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:300, 0:300] / 300.0
+    images = np.stack([np.stack([np.sin(xx * 7 + i) * 120 + 128, np.cos(yy * 5 + i) * 100 + 128, xx * yy * 255], -1)
+                       + rng.normal(0, 10, (300, 300, 3)) for i in range(batch)])
+    lo = rng.uniform(0, 0.6, (batch, max_boxes, 2))
+    boxes = np.concatenate([lo, lo + rng.uniform(0.1, 0.4, (batch, max_boxes, 2))], -1).clip(0, 1)
+    mask = np.arange(max_boxes)[None] < rng.integers(1, max_boxes + 1, (batch, 1))
+    return {"image": np.clip(images, 0, 255).astype(np.uint8), "boxes": (boxes * mask[..., None]).astype(np.float32),
+            "labels": np.where(mask, rng.integers(1, 91, mask.shape), 0).astype(np.int32), "mask": mask}
+
+
+def torch_device() -> str:
+    """Where torchvision runs: on the GPU when JAX runs on one, so that both sides use the same chip."""
+    if jax.default_backend() == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise SystemExit(f"error: JAX runs on {jax.default_backend()} but torch sees no CUDA device: install a CUDA "
+                         f"build of torch, or compare on the CPU with JAX_PLATFORMS=cpu")
+    return "cuda"
+
+
+def synchronize():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def torch_images(images, device: str) -> list:
+    return list((torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0).to(device))
+
+
+def alternate(ours, theirs, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``ours()`` and ``theirs()``, called alternately after one warm-up each."""
+    ours(), theirs()
+    ours_times, their_times = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ours()
+        ours_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        theirs()
+        their_times.append(time.perf_counter() - start)
+    return float(np.median(ours_times)), float(np.median(their_times))
+
+
+def compare_inference(model, params, config, batch: dict, device: str) -> dict:
+    images = jax.device_put(batch["image"])
+    their_images = torch_images(batch["image"], device)
+    model.eval()
+
+    def theirs():
+        with torch.inference_mode():
+            detections = model(their_images)
+        synchronize()
+        return detections
+
+    def ours():
+        return jax.block_until_ready(ssd_jax.detect(params, images, config=config))
+
+    check_same_detections(ours(), theirs())  # the timings compare the same computation
+    ours_s, theirs_s = alternate(ours, theirs, REPEATS.value)
+    return row("inference (detect)", len(images), ours_s, theirs_s)
+
+
+def check_same_detections(ours, theirs) -> None:
+    """Both sides keep the same number of detections per image with the same best scores."""
+    for b, target in enumerate(theirs):
+        their_scores = target["scores"].cpu().numpy()
+        our_scores = np.asarray(ours.scores[b, :int(ours.num_detections[b])])
+        if len(our_scores) != len(their_scores) or np.abs(our_scores - their_scores).max(initial=0) > 1e-3:
+            raise SystemExit(f"error: image {b}: ssd_jax keeps {len(our_scores)} detections, torchvision "
+                             f"{len(their_scores)}; the two models do not compute the same function")
+
+
+def compare_train_step(model, params, config, batch: dict, device: str) -> dict:
+    size = len(batch["image"])
+    # torchvision's side: the step of its reference detection training script.
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    their_images = torch_images(batch["image"], device)
+    targets = [{"boxes": torch.from_numpy(b[m] * 300.0).to(device),
+                "labels": torch.from_numpy(lab[m].astype(np.int64)).to(device)}
+               for b, lab, m in zip(batch["boxes"], batch["labels"], batch["mask"])]
+
+    def theirs():
+        losses = model(their_images, targets)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        synchronize()
+
+    # ssd_jax's side: train_step with the paper's SGD recipe, on one device.
+    recipe = train.default_config()
+    optimizer_fn, schedule = train.make_optimizer(recipe), train.learning_rate_schedule(recipe)
+    mesh = train.data_mesh(jax.devices()[:1])
+    step = train.jit_train_step(config, optimizer_fn, schedule, mesh)
+    state = train.replicate(train.create_train_state(params, optimizer_fn), mesh)
+    device_batch = jax.device_put(batch, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+
+    def ours():
+        nonlocal state
+        state, metrics = step(state, device_batch)
+        jax.block_until_ready(metrics)
+
+    ours_s, theirs_s = alternate(ours, theirs, REPEATS.value)
+    return row("training step", size, ours_s, theirs_s)
+
+
+def row(what: str, batch: int, ours_s: float, theirs_s: float) -> dict:
+    return {"what": what, "batch": batch, "ours_ms": ours_s * 1e3, "torchvision_ms": theirs_s * 1e3,
+            "ours_images_per_s": batch / ours_s, "torchvision_images_per_s": batch / theirs_s,
+            "ratio": theirs_s / ours_s}
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    if torch is None:
+        raise SystemExit("error: compare_torchvision.py needs torch + torchvision: pip install -e '.[torch]'")
+    torch.manual_seed(0)
+    device = torch_device()
+    model = torchvision.models.detection.ssd300_vgg16(weights=None, weights_backbone=None)
+    state_dict = {k: v.numpy() for k, v in model.state_dict().items()}
+    params, config = jax.device_put(weights.from_torchvision(state_dict)), weights.torchvision_config(state_dict)
+    model.to(device)
+    rows = [compare_inference(model, params, config, sample_batch(BATCH.value), device)]
+    if TRAIN_BATCH.value:
+        rows.append(compare_train_step(model, params, config, sample_batch(TRAIN_BATCH.value), device))
+    their_device = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"\nssd300_vgg16, float32. ssd_jax: {benchlib.machine()}, jax {jax.__version__}. torchvision: "
+          f"{their_device}, torch {torch.__version__}, torchvision {torchvision.__version__}\n")
+    print(benchlib.markdown_table(rows, [
+        ("what", "what"), ("batch", "batch"), ("ours_ms", "ssd_jax ms"), ("torchvision_ms", "torchvision ms"),
+        ("ours_images_per_s", "ssd_jax images/s"), ("torchvision_images_per_s", "torchvision images/s"),
+        ("ratio", "ratio ssd_jax / torchvision")]))
+    benchlib.write_json(OUT.value, {"benchmark": "compare_torchvision", "torch": torch.__version__,
+                                    "torch_device": their_device,
+                                    "torchvision": torchvision.__version__, "rows": rows})
+
+
+if __name__ == "__main__":
+    app.run(main)
