@@ -42,7 +42,7 @@ def main(argv):
         last = train.train_and_evaluate(config, workdir)
     except (DatasetNotPreparedError, train.NonFiniteLossError) as error:
         sys.exit(f"error: {error}")
-    shown = {k: round(float(v), 4) for k, v in last.items() if "/" not in k or k.startswith("loss")}
+    shown = {k: float(f"{v:.4g}") for k, v in last.items() if "/" not in k or k.startswith("loss")}
     pictures = "training_curve.png, class_ap.png"
     if config.eval_every:
         draw_test_detections(config, workdir)
