@@ -79,11 +79,7 @@ def main(argv):
             print(f"skipped {path}: cannot read it as an image ({error})", file=sys.stderr)
             continue
         detections = ssd_jax.detect(params, image[None], config=config)
-        n = int(detections.num_detections[0])
-        boxes, scores, classes = (np.asarray(x[0, :n]) for x in (detections.boxes, detections.scores,
-                                                                detections.classes))
-        keep = scores >= SCORE.value
-        boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+        boxes, scores, classes = visualize.image_detections(detections, 0, SCORE.value)
         picture = visualize.draw_boxes(image, boxes, classes, scores, names)
         out_path = os.path.join(OUT_DIR.value, os.path.splitext(os.path.basename(path))[0] + ".png")
         picture.save(out_path)
@@ -94,7 +90,7 @@ def main(argv):
                             "bbox": [round(float(box[0]), 2), round(float(box[1]), 2),
                                      round(float(box[2] - box[0]), 2), round(float(box[3] - box[1]), 2)],
                             "score": round(float(score), 5)})
-        print(f"{path}: {int(keep.sum())} detections >= {SCORE.value} -> {out_path}")
+        print(f"{path}: {len(scores)} detections >= {SCORE.value} -> {out_path}")
     with open(os.path.join(OUT_DIR.value, "detections.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(f"wrote {len(results)} detections of {len(paths) - failures} images to "

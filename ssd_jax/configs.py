@@ -11,8 +11,8 @@ Presets:
   ``ssd300_torchvision``  torchvision's ssd300_vgg16: 91 classes, COCO scales, w/h clamp of the
                           default boxes and its decode clamp, so that its weights reproduce its
                           detections.
-  ``ssd_tiny``            the same layer types with narrow, shallower layers and a 128-pixel input, for tests
-                          and the CPU quickstart.
+  ``ssd_tiny``            the same layer types with narrow, shallower layers and a 128-pixel
+                          input, for tests and the CPU quickstart.
 """
 
 from __future__ import annotations

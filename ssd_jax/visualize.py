@@ -56,14 +56,19 @@ def grid(pictures: list[Image.Image], columns: int = 4, gap: int = 4) -> Image.I
     return sheet
 
 
+def image_detections(detections, index: int, min_score: float = 0.0):
+    """Image ``index``'s detections scoring >= ``min_score`` -> numpy (boxes [N, 4], scores [N], classes [N])."""
+    n = int(detections.num_detections[index])
+    scores = np.asarray(detections.scores[index, :n])
+    keep = scores >= min_score
+    return np.asarray(detections.boxes[index, :n])[keep], scores[keep], np.asarray(detections.classes[index, :n])[keep]
+
+
 def detection_sheet(detections, images, class_names=None, *, min_score: float = 0.5,
                     columns: int = 4) -> Image.Image:
     """A grid of ``images`` [B, H, W, 3] with their ``Detections`` scoring >= ``min_score`` drawn."""
     pictures = []
     for b, image in enumerate(np.asarray(images)):
-        n = int(detections.num_detections[b])
-        scores = np.asarray(detections.scores[b, :n])
-        keep = scores >= min_score
-        pictures.append(draw_boxes(image, np.asarray(detections.boxes[b, :n])[keep],
-                                   np.asarray(detections.classes[b, :n])[keep], scores[keep], class_names))
+        boxes, scores, classes = image_detections(detections, b, min_score)
+        pictures.append(draw_boxes(image, boxes, classes, scores, class_names))
     return grid(pictures, columns=columns)
