@@ -6,7 +6,7 @@ post-processing (decode + per-class NMS) also timed apart, and FLOPs against the
 
 Weights are random, so nearly every class passes the 0.01 score threshold and NMS gets its
 worst case (400 candidates for each of the 20 classes). FLOPs per image come from XLA's cost
-analysis of the compiled network; the achieved rate is compared with the device's peak as this
+analysis of the network's lowered program; the achieved rate is compared with the device's peak as this
 script measures it (a large matmul and a large 3x3 convolution in the same dtype). Compile time
 (the first call) is reported apart. Prints a markdown table and writes JSON.
 """
@@ -45,8 +45,8 @@ def measure(model: str, batch_size: int, dtype_name: str, peak: dict) -> dict:
     size = config.image_size
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8))
 
-    network = jax.jit(lambda p, x: SSD(config, dtype=dtype).apply({"params": p}, resize_images(x, size)))
-    network, _ = benchlib.compile_timed(network, params, images)
+    network_fn = jax.jit(lambda p, x: SSD(config, dtype=dtype).apply({"params": p}, resize_images(x, size)))
+    network, _ = benchlib.compile_timed(network_fn, params, images)
     locations, logits = network(params, images)
     post, _ = benchlib.compile_timed(jax.jit(lambda loc, cls: postprocess(loc, cls, config)), locations, logits)
 
@@ -60,7 +60,7 @@ def measure(model: str, batch_size: int, dtype_name: str, peak: dict) -> dict:
     detect_s = benchlib.seconds_per_call(run_detect, repeats=REPEATS.value)
     forward_s = benchlib.seconds_per_call(lambda: network(params, images), repeats=REPEATS.value)
     post_s = benchlib.seconds_per_call(lambda: post(locations, logits), repeats=REPEATS.value)
-    flops = benchlib.flops_of(network)
+    flops = benchlib.flops_of(network_fn, params, images)
     row = {"model": model, "batch": batch_size, "dtype": dtype_name, "images_per_s": batch_size / detect_s,
            "detect_ms": detect_s * 1e3, "forward_ms": forward_s * 1e3, "postprocess_ms": post_s * 1e3,
            "first_call_s": first_call_s}

@@ -84,18 +84,24 @@ def same_kept_sets(ours: nms.Detections, theirs) -> tuple[int, int]:
     return same, total
 
 
+def run_torchvision(boxes, scores):
+    detections = torchvision_postprocess(boxes, scores)
+    if boxes.is_cuda:
+        torch.cuda.synchronize()
+    return detections
+
+
 def measure(scenario: str) -> dict:
-    if jax.default_backend() != "cpu":
-        raise SystemExit("error: bench_nms.py compares CPU implementations: run it with JAX_PLATFORMS=cpu")
     boxes, scores = make_inputs(scenario, BATCH.value)
     ours_fn = jax.jit(lambda b, s: nms.batched_nms(b, s, score_threshold=SCORE_THRESHOLD, iou_threshold=IOU_THRESHOLD,
                                                    pre_nms_top_k=TOP_K, max_detections=MAX_DETECTIONS))
     jax_boxes, jax_scores = jnp.asarray(boxes), jnp.asarray(scores)
-    torch_boxes, torch_scores = torch.from_numpy(boxes), torch.from_numpy(scores)
+    device = benchlib.torch_device()
+    torch_boxes, torch_scores = torch.from_numpy(boxes).to(device), torch.from_numpy(scores).to(device)
     ours_fn, compile_s = benchlib.compile_timed(ours_fn, jax_boxes, jax_scores)
     ours = jax.block_until_ready(ours_fn(jax_boxes, jax_scores))
     with torch.inference_mode():
-        theirs = torchvision_postprocess(torch_boxes, torch_scores)
+        theirs = [tuple(t.cpu() for t in image) for image in run_torchvision(torch_boxes, torch_scores)]
     same, total = same_kept_sets(ours, theirs)
 
     ours_times, their_times = [], []
@@ -105,7 +111,7 @@ def measure(scenario: str) -> dict:
             jax.block_until_ready(ours_fn(jax_boxes, jax_scores))
             ours_times.append(time.perf_counter() - start)
             start = time.perf_counter()
-            torchvision_postprocess(torch_boxes, torch_scores)
+            run_torchvision(torch_boxes, torch_scores)
             their_times.append(time.perf_counter() - start)
     ours_s, theirs_s = float(np.median(ours_times)), float(np.median(their_times))
     return {"scenario": scenario, "batch": BATCH.value, "detections": total,
@@ -119,8 +125,9 @@ def main(argv):
     if torch is None:
         raise SystemExit("error: bench_nms.py compares with torchvision: pip install -e '.[torch]'")
     rows = [measure(scenario) for scenario in ("dense", "sparse")]
+    their_device = benchlib.torch_device_name()
     print(f"\nSSD post-processing NMS, {benchlib.machine()}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), torchvision {torchvision.__version__}\n")
+          f"({their_device}), torchvision {torchvision.__version__}\n")
     print(benchlib.markdown_table(rows, [
         ("scenario", "input"), ("batch", "batch"), ("detections", "detections kept"),
         ("identical_images", "identical kept sets"), ("ours_ms", "ssd_jax ms"), ("torchvision_ms", "torchvision ms"),

@@ -30,6 +30,24 @@ def versions() -> dict:
     return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__}
 
 
+def torch_device() -> str:
+    """Where torch runs in a comparison: on the GPU when JAX runs on one, so that both sides use the same chip."""
+    import torch
+
+    if jax.default_backend() == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise SystemExit(f"error: JAX runs on {jax.default_backend()} but torch sees no CUDA device: install a CUDA "
+                         f"build of torch, or compare on the CPU with JAX_PLATFORMS=cpu")
+    return "cuda"
+
+
+def torch_device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch_device() == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+
+
 def compile_timed(jitted, *args, **kwargs):
     """Lowers and compiles ``jitted`` for ``args`` -> (compiled executable, seconds it took)."""
     start = time.perf_counter()
@@ -37,10 +55,15 @@ def compile_timed(jitted, *args, **kwargs):
     return compiled, time.perf_counter() - start
 
 
-def flops_of(compiled) -> float | None:
-    """FLOPs of one call from XLA's cost analysis of the compiled program (None if unavailable)."""
+def flops_of(jitted, *args) -> float | None:
+    """FLOPs of one call of ``jitted(*args)`` from XLA's cost analysis (None if unavailable).
+
+    The program is lowered for the CPU and analysed before compilation: a GPU backend hands
+    convolutions to cuDNN and leaves their FLOPs out of its analysis. The count does not depend
+    on the device.
+    """
     try:
-        analysis = compiled.cost_analysis()
+        analysis = jitted.trace(*args).lower(lowering_platforms=("cpu",)).cost_analysis()
     except NotImplementedError:
         return None
     if isinstance(analysis, (list, tuple)):  # older JAX: one dict per program

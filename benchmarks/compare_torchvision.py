@@ -6,8 +6,12 @@
 torchvision's model is randomly initialised and converted with ``ssd_jax.weights.from_torchvision``
 into ``ssd300_torchvision`` (91 classes), so both compute the same function. Inference: uint8
 images [B, 300, 300, 3] -> ``ssd_jax.detect`` against ``model(images)`` in eval mode (both
-normalise, run the network, decode and NMS). Training: one SGD step (momentum 0.9, weight decay
-5e-4) on the same images and boxes, matching and hard negative mining included on both sides.
+normalise, run the network, decode and NMS); the network alone (backbone and heads) is timed
+too, since random weights give NMS its worst case. float32 keeps each framework's default (on a
+GPU both round convolution inputs to TF32) unless --strict_float32; bfloat16 is ``dtype=`` on
+our side and ``torch.autocast`` on torchvision's.
+Training: one SGD step (momentum 0.9, weight decay 5e-4) on the same images and boxes,
+matching and hard negative mining included on both sides.
 Calls alternate (ours, theirs, ours, ...) after a warm-up, and the median of each side is
 reported; the ratio is ssd_jax's images/s over torchvision's (above 1: ssd_jax is faster).
 Prints a markdown table and writes JSON.
@@ -15,6 +19,7 @@ Prints a markdown table and writes JSON.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 try:  # torch must be imported before TensorFlow or JAX pulls it in (see the README's known limits)
@@ -30,9 +35,16 @@ from absl import app, flags, logging
 
 import ssd_jax
 from ssd_jax import train, weights
+from ssd_jax.models import SSD
 
 BATCH = flags.DEFINE_integer("batch", 8, "Images per inference call.")
 TRAIN_BATCH = flags.DEFINE_integer("train_batch", 8, "Images per training step (0: skip training).")
+DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                          "Compute dtype of both sides: ssd_jax's dtype argument, torch.autocast for torchvision.")
+STRICT_FLOAT32 = flags.DEFINE_bool(
+    "strict_float32", False, "Time float32 without TF32 on a GPU (both sides). By default each side keeps its "
+    "framework's default, which on a GPU is TF32 convolutions for both; the detections are compared in strict "
+    "float32 either way.")
 REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls of each side (median reported).")
 OUT = flags.DEFINE_string("out", "benchmarks/results/compare_torchvision.json", "JSON to write.")
 
@@ -50,19 +62,26 @@ def sample_batch(batch: int, max_boxes: int = 8, seed: int = 0) -> dict:
             "labels": np.where(mask, rng.integers(1, 91, mask.shape), 0).astype(np.int32), "mask": mask}
 
 
-def torch_device() -> str:
-    """Where torchvision runs: on the GPU when JAX runs on one, so that both sides use the same chip."""
-    if jax.default_backend() == "cpu":
-        return "cpu"
-    if not torch.cuda.is_available():
-        raise SystemExit(f"error: JAX runs on {jax.default_backend()} but torch sees no CUDA device: install a CUDA "
-                         f"build of torch, or compare on the CPU with JAX_PLATFORMS=cpu")
-    return "cuda"
-
-
 def synchronize():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def strict_float32():
+    """Float32 arithmetic on both sides: on a GPU, no TF32 in convolutions and matmuls."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with jax.default_matmul_precision("highest"):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def autocast(device: str):
+    """torch's mixed precision for --dtype=bfloat16 (parameters stay float32, as on our side)."""
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=DTYPE.value == "bfloat16")
 
 
 def torch_images(images, device: str) -> list:
@@ -83,21 +102,45 @@ def alternate(ours, theirs, repeats: int) -> tuple[float, float]:
     return float(np.median(ours_times)), float(np.median(their_times))
 
 
+def compare_network(model, params, config, batch: dict, device: str) -> dict:
+    """The network alone (pixels -> box offsets and class logits): no resizing, decoding or NMS."""
+    model.eval()
+    mean = torch.tensor(model.transform.image_mean, device=device)[:, None, None]
+    std = torch.tensor(model.transform.image_std, device=device)[:, None, None]
+    their_images = (torch.stack(torch_images(batch["image"], device)) - mean) / std
+    network = jax.jit(lambda p, x: SSD(config, dtype=DTYPE.value).apply({"params": p}, x))
+    images = jax.device_put(batch["image"])
+
+    def theirs():
+        with torch.inference_mode(), autocast(device):
+            outputs = model.head(list(model.backbone(their_images).values()))
+        synchronize()
+        return outputs
+
+    def ours():
+        return jax.block_until_ready(network(params, images))
+
+    ours_s, theirs_s = alternate(ours, theirs, REPEATS.value)
+    return row("network only", len(images), ours_s, theirs_s)
+
+
 def compare_inference(model, params, config, batch: dict, device: str) -> dict:
     images = jax.device_put(batch["image"])
     their_images = torch_images(batch["image"], device)
     model.eval()
 
     def theirs():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device):
             detections = model(their_images)
         synchronize()
         return detections
 
     def ours():
-        return jax.block_until_ready(ssd_jax.detect(params, images, config=config))
+        return jax.block_until_ready(ssd_jax.detect(params, images, config=config, dtype=DTYPE.value))
 
-    check_same_detections(ours(), theirs())  # the timings compare the same computation
+    if DTYPE.value == "float32":  # bfloat16 rounding reorders near-equal scores on both sides
+        with strict_float32():  # TF32 rounding could too
+            check_same_detections(ours(), theirs())  # the timings compare the same computation
     ours_s, theirs_s = alternate(ours, theirs, REPEATS.value)
     return row("inference (detect)", len(images), ours_s, theirs_s)
 
@@ -123,7 +166,8 @@ def compare_train_step(model, params, config, batch: dict, device: str) -> dict:
                for b, lab, m in zip(batch["boxes"], batch["labels"], batch["mask"])]
 
     def theirs():
-        losses = model(their_images, targets)
+        with autocast(device):
+            losses = model(their_images, targets)
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
@@ -133,7 +177,7 @@ def compare_train_step(model, params, config, batch: dict, device: str) -> dict:
     recipe = train.default_config()
     optimizer_fn, schedule = train.make_optimizer(recipe), train.learning_rate_schedule(recipe)
     mesh = train.data_mesh(jax.devices()[:1])
-    step = train.jit_train_step(config, optimizer_fn, schedule, mesh)
+    step = train.jit_train_step(config, optimizer_fn, schedule, mesh, jax.numpy.dtype(DTYPE.value))
     state = train.replicate(train.create_train_state(params, optimizer_fn), mesh)
     device_batch = jax.device_put(batch, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
 
@@ -158,23 +202,27 @@ def main(argv):
     if torch is None:
         raise SystemExit("error: compare_torchvision.py needs torch + torchvision: pip install -e '.[torch]'")
     torch.manual_seed(0)
-    device = torch_device()
+    device = benchlib.torch_device()
     model = torchvision.models.detection.ssd300_vgg16(weights=None, weights_backbone=None)
     state_dict = {k: v.numpy() for k, v in model.state_dict().items()}
     params, config = jax.device_put(weights.from_torchvision(state_dict)), weights.torchvision_config(state_dict)
     model.to(device)
-    rows = [compare_inference(model, params, config, sample_batch(BATCH.value), device)]
-    if TRAIN_BATCH.value:
-        rows.append(compare_train_step(model, params, config, sample_batch(TRAIN_BATCH.value), device))
-    their_device = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"\nssd300_vgg16, float32. ssd_jax: {benchlib.machine()}, jax {jax.__version__}. torchvision: "
+    with strict_float32() if STRICT_FLOAT32.value else contextlib.nullcontext():
+        rows = [compare_inference(model, params, config, sample_batch(BATCH.value), device),
+                compare_network(model, params, config, sample_batch(BATCH.value), device)]
+        if TRAIN_BATCH.value:
+            rows.append(compare_train_step(model, params, config, sample_batch(TRAIN_BATCH.value), device))
+    their_device = benchlib.torch_device_name()
+    precision = DTYPE.value + (" (strict)" if STRICT_FLOAT32.value and DTYPE.value == "float32" else "")
+    print(f"\nssd300_vgg16, {precision}. ssd_jax: {benchlib.machine()}, jax {jax.__version__}. torchvision: "
           f"{their_device}, torch {torch.__version__}, torchvision {torchvision.__version__}\n")
     print(benchlib.markdown_table(rows, [
         ("what", "what"), ("batch", "batch"), ("ours_ms", "ssd_jax ms"), ("torchvision_ms", "torchvision ms"),
         ("ours_images_per_s", "ssd_jax images/s"), ("torchvision_images_per_s", "torchvision images/s"),
         ("ratio", "ratio ssd_jax / torchvision")]))
     benchlib.write_json(OUT.value, {"benchmark": "compare_torchvision", "torch": torch.__version__,
-                                    "torch_device": their_device,
+                                    "torch_device": their_device, "dtype": DTYPE.value,
+                                    "strict_float32": STRICT_FLOAT32.value,
                                     "torchvision": torchvision.__version__, "rows": rows})
 
 
