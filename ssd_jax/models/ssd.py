@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssd_jax.configs import SSDConfig
-from ssd_jax.models.vgg import VGG16Base, conv
+from ssd_jax.models.vgg import VGG16Base, conv, conv_relu
 
 
 def flatten_head(x, values_per_box: int):
@@ -26,13 +26,19 @@ class SSD(nn.Module):
     (tx, ty, tw, th) against ``ssd_jax.priors(config)`` with the config's variances; logits are
     raw class scores with class 0 = background. Outputs are float32 whatever ``dtype`` (the
     compute dtype; parameters stay float32).
+
+    ``batch_norm=True`` is the training-time variant with a BatchNorm before every ReLU of the
+    base and the extra layers; ``train`` selects batch statistics (and updates the running ones,
+    collection 'batch_stats'). ``ssd_jax.models.fold_batch_norm`` turns its variables into the
+    parameters of the plain model, which is what ``detect`` and the checkpoints use.
     """
 
     config: SSDConfig
     dtype: Any = jnp.float32
+    batch_norm: bool = False
 
     @nn.compact
-    def __call__(self, images):
+    def __call__(self, images, train: bool = False):
         cfg = self.config
         expected = (cfg.image_size, cfg.image_size, 3)
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
@@ -42,12 +48,13 @@ class SSD(nn.Module):
         x = x.astype(self.dtype)
 
         conv4_3, x = VGG16Base(widths=cfg.backbone_widths, fc_width=cfg.fc_width, depths=cfg.backbone_depths,
-                               l2norm_scale=cfg.l2norm_scale, dtype=self.dtype, name="backbone")(x)
+                               l2norm_scale=cfg.l2norm_scale, batch_norm=self.batch_norm, dtype=self.dtype,
+                               name="backbone")(x, train)
         sources = [conv4_3, x]
+        layer = functools.partial(conv_relu, dtype=self.dtype, norm=self.batch_norm, train=train)
         for i, extra in enumerate(cfg.extras, start=1):
-            x = nn.relu(conv(extra.mid, 1, name=f"extra{i}_1", dtype=self.dtype)(x))
-            x = nn.relu(conv(extra.out, extra.kernel, stride=extra.stride, padding=extra.padding,
-                             name=f"extra{i}_2", dtype=self.dtype)(x))
+            x = layer(x, extra.mid, 1, name=f"extra{i}_1")
+            x = layer(x, extra.out, extra.kernel, stride=extra.stride, padding=extra.padding, name=f"extra{i}_2")
             sources.append(x)
 
         locations, logits = [], []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -62,30 +63,53 @@ class L2Norm(nn.Module):
 VGG16_BLOCK_DEPTHS = (2, 2, 3, 3, 3)
 
 
+def batch_norm(x, name: str, *, train: bool):
+    """The BatchNorm that ``batch_norm=True`` models put between a convolution ``name`` and its
+    ReLU, named ``name + "_bn"`` (``fold_batch_norm`` relies on the name). Statistics of the batch
+    in training (the global batch, when it is sharded over devices), running averages otherwise."""
+    return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON,
+                        dtype=jnp.float32, name=f"{name}_bn")(x)
+
+
+BATCH_NORM_MOMENTUM = 0.9  # short schedules: the running averages must follow the weights quickly
+BATCH_NORM_EPSILON = 1e-5
+
+
+def conv_relu(x, features: int, kernel: int, *, name: str, dtype: Any, norm: bool, train: bool, **options):
+    """conv -> (BatchNorm if ``norm``) -> ReLU."""
+    x = conv(features, kernel, name=name, dtype=dtype, **options)(x)
+    if norm:
+        x = batch_norm(x, name, train=train).astype(dtype)
+    return nn.relu(x)
+
+
 class VGG16Base(nn.Module):
     """[B, S, S, 3] mean-subtracted RGB -> (conv4_3 after L2Norm, fc7), both NHWC.
 
     Pools 1, 2 and 4 are 2x2/2, pool3 rounds up (75 -> 38 for SSD300), pool5 is 3x3/1/pad 1;
-    fc6 is a 3x3 conv with dilation 6 and fc7 a 1x1 conv, ReLU after each.
+    fc6 is a 3x3 conv with dilation 6 and fc7 a 1x1 conv, ReLU after each. ``batch_norm`` adds a
+    BatchNorm before each ReLU (training from scratch; see ``ssd_jax.models.batch_norm``).
     """
 
     widths: tuple[int, ...] = (64, 128, 256, 512, 512)
     fc_width: int = 1024
     depths: tuple[int, ...] = VGG16_BLOCK_DEPTHS
-    l2norm_scale: float = 20.0
+    l2norm_scale: float | None = 20.0  # None: conv4_3 is a source as it is
+    batch_norm: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, train: bool = False):
+        layer = functools.partial(conv_relu, dtype=self.dtype, norm=self.batch_norm, train=train)
         conv4_3 = None
         for block, (depth, width) in enumerate(zip(self.depths, self.widths), start=1):
-            for layer in range(1, depth + 1):
-                x = nn.relu(conv(width, 3, padding=1, name=f"conv{block}_{layer}", dtype=self.dtype)(x))
+            for index in range(1, depth + 1):
+                x = layer(x, width, 3, padding=1, name=f"conv{block}_{index}")
             if block == 4:
-                conv4_3 = L2Norm(self.l2norm_scale, name="conv4_3_norm")(x)
+                conv4_3 = x if self.l2norm_scale is None else L2Norm(self.l2norm_scale, name="conv4_3_norm")(x)
             if block < 5:
                 x = max_pool_2x2(x, ceil_mode=block == 3)
         x = max_pool(x, 3, 1, ((1, 1), (1, 1)))  # pool5
-        x = nn.relu(conv(self.fc_width, 3, padding=6, dilation=6, name="fc6", dtype=self.dtype)(x))
-        x = nn.relu(conv(self.fc_width, 1, name="fc7", dtype=self.dtype)(x))
+        x = layer(x, self.fc_width, 3, padding=6, dilation=6, name="fc6")
+        x = layer(x, self.fc_width, 1, name="fc7")
         return conv4_3, x

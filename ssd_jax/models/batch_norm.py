@@ -1,0 +1,72 @@
+"""Training with BatchNorm, detecting without: the variables of the BatchNorm model and the fold.
+
+SSD trained from scratch (no ImageNet backbone) learns much faster with a BatchNorm before every
+ReLU of the base and the extra layers (as in ScratchDet, Zhu et al. 2019). The public model has
+no batch statistics, and ``params`` is its whole state. So the BatchNorms exist only while
+training: ``fold_batch_norm`` merges each one into the convolution before it. The plain
+``SSD(config)`` with the folded parameters then computes what ``SSD(config, batch_norm=True)``
+computes in evaluation mode (tested), and ``detect``, checkpoints and weight files stay as they
+are.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+
+from ssd_jax.configs import SSDConfig
+from ssd_jax.models.ssd import SSD
+from ssd_jax.models.vgg import BATCH_NORM_EPSILON
+
+SUFFIX = "_bn"  # a BatchNorm is named after its convolution, plus this
+
+
+def batch_norm_shapes(config: SSDConfig) -> tuple[dict, dict]:
+    """(params, batch_stats) of ``SSD(config, batch_norm=True)`` as ShapeDtypeStruct trees."""
+    dummy = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32)
+    variables = jax.eval_shape(lambda key, x: SSD(config, batch_norm=True).init(key, x), jax.random.key(0), dummy)
+    return variables["params"], variables["batch_stats"]
+
+
+def init_batch_norm(params, config: SSDConfig) -> tuple[dict, dict]:
+    """Parameters of the plain model -> (params, batch_stats) of ``SSD(config, batch_norm=True)``.
+
+    The convolutions keep their values; each BatchNorm starts as the identity: scale 1, bias 0,
+    running mean 0 and running variance 1.
+    """
+    param_shapes, stats_shapes = batch_norm_shapes(config)
+
+    def fill(path, leaf):
+        keys = [entry.key for entry in path]
+        if any(key.endswith(SUFFIX) for key in keys):
+            return jnp.full(leaf.shape, 1.0 if keys[-1] in ("scale", "var") else 0.0, leaf.dtype)
+        return jnp.asarray(functools.reduce(lambda tree, key: tree[key], keys, params))
+
+    return jax.tree_util.tree_map_with_path(fill, param_shapes), jax.tree_util.tree_map_with_path(fill, stats_shapes)
+
+
+def fold_batch_norm(params: Mapping, batch_stats: Mapping) -> dict:
+    """(params, batch_stats) of ``SSD(config, batch_norm=True)`` -> params of ``SSD(config)``.
+
+    With f = scale / sqrt(running variance + eps) per output channel, a convolution followed by
+    its BatchNorm is the convolution with kernel [kh, kw, Cin, Cout] * f and bias
+    (bias - running mean) * f + BatchNorm bias. Pure array arithmetic: works inside jit.
+    """
+    folded = {}
+    for name, value in params.items():
+        if name.endswith(SUFFIX):
+            continue
+        norm = params.get(name + SUFFIX)
+        if norm is not None:
+            stats = batch_stats[name + SUFFIX]
+            factor = norm["scale"] / jnp.sqrt(stats["var"] + BATCH_NORM_EPSILON)
+            folded[name] = {"kernel": value["kernel"] * factor,
+                            "bias": (value["bias"] - stats["mean"]) * factor + norm["bias"]}
+        elif name in batch_stats:  # a submodule holding BatchNorms (the VGG base)
+            folded[name] = fold_batch_norm(value, batch_stats[name])
+        else:
+            folded[name] = value
+    return folded
