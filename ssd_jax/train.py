@@ -33,7 +33,7 @@ from ssd_jax.checkpoint import TrainCheckpoints, load_tree, save_params
 from ssd_jax.configs import SSDConfig
 from ssd_jax.losses import multibox_loss
 from ssd_jax.matching import match_batch
-from ssd_jax.models import SSD, init, param_shapes
+from ssd_jax.models import SSD, fold_batch_norm, init, init_batch_norm, param_shapes
 from ssd_jax.priors import priors
 
 
@@ -46,6 +46,7 @@ class TrainState:
     step: jax.Array  # int32 []
     params: Any
     opt_state: Any
+    batch_stats: Any  # running BatchNorm statistics when training with batch_norm, else {}
 
 
 # ----------------------------------------------------------------------------- config
@@ -61,6 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.zoom_out_probability = 0.5  # SSD's "expand" augmentation
     config.max_zoom_out = 4.0
     config.crop_probability = 1.0  # SSD's min-IoU crop sampler runs for every image
+    config.photometric = True  # SSD's random brightness, contrast, saturation and hue
     config.num_steps = 120_000
     config.optimizer = "sgd"  # or "adam"
     config.learning_rate = 1e-3
@@ -68,10 +70,14 @@ def default_config() -> ml_collections.ConfigDict:
     config.weight_decay = 5e-4
     config.warmup_steps = 1000  # linear warm-up, from warmup_start_factor * learning_rate
     config.warmup_start_factor = 0.01
+    config.lr_schedule = "step"  # the paper's; or "cosine" (to zero at num_steps; lr_boundaries unused)
     config.lr_boundaries = (80_000, 100_000)
     config.lr_decay = 0.1
     config.grad_clip_norm = 0.0  # 0: no clipping
     config.compute_dtype = "float32"  # or "bfloat16" (parameters stay float32)
+    # A BatchNorm before each ReLU of the base and extra layers while training, folded into the
+    # convolutions for evaluation and the saved parameters: for training from scratch.
+    config.batch_norm = False
     # A converted ImageNet VGG16 (experiments/convert_weights.py --format=vgg16).
     config.init_backbone = ml_collections.config_dict.placeholder(str)
     config.seed = 0
@@ -90,11 +96,18 @@ def weight_decay_mask(params):
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warm-up to ``learning_rate``, then x ``lr_decay`` at each of ``lr_boundaries``."""
+    """Linear warm-up to ``learning_rate``, then the paper's step decay (x ``lr_decay`` at each of
+    ``lr_boundaries``) or, with ``lr_schedule='cosine'``, a cosine decay to zero at ``num_steps``."""
     warmup_steps = int(config.warmup_steps)
-    # join_schedules counts the second schedule's steps from the join: shift its boundaries.
-    decay = optax.piecewise_constant_schedule(
-        config.learning_rate, {int(b) - warmup_steps: config.lr_decay for b in config.lr_boundaries})
+    kind = config.get("lr_schedule", "step")
+    if kind == "step":
+        # join_schedules counts the second schedule's steps from the join: shift its boundaries.
+        decay = optax.piecewise_constant_schedule(
+            config.learning_rate, {int(b) - warmup_steps: config.lr_decay for b in config.lr_boundaries})
+    elif kind == "cosine":
+        decay = optax.cosine_decay_schedule(config.learning_rate, max(int(config.num_steps) - warmup_steps, 1))
+    else:
+        raise ValueError(f"lr_schedule must be 'step' or 'cosine', got {kind!r}")
     if not warmup_steps:
         return decay
     warmup = optax.linear_schedule(config.learning_rate * config.warmup_start_factor, config.learning_rate,
@@ -120,8 +133,19 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     return optax.chain(*parts)
 
 
-def create_train_state(params, optimizer: optax.GradientTransformation) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+def create_train_state(params, optimizer: optax.GradientTransformation, batch_stats=None) -> TrainState:
+    """A fresh state; ``batch_stats`` (from ``init_batch_norm``) makes train_step use BatchNorm."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                      batch_stats={} if batch_stats is None else batch_stats)
+
+
+def uses_batch_norm(state: TrainState) -> bool:
+    return bool(jax.tree.leaves(state.batch_stats))
+
+
+def inference_params(state: TrainState):
+    """The parameters of the plain model (``detect``, checkpoints): BatchNorms folded in."""
+    return fold_batch_norm(state.params, state.batch_stats) if uses_batch_norm(state) else state.params
 
 
 # ----------------------------------------------------------------------------- the update step
@@ -139,13 +163,22 @@ def train_step(state: TrainState, batch: dict, *, model_config: SSDConfig, optim
     targets = match_batch(prior_boxes, batch["boxes"], batch["labels"], batch["mask"],
                           iou_threshold=model_config.match_iou_threshold, variances=model_config.variances)
 
+    batch_norm = uses_batch_norm(state)
+    model = SSD(model_config, dtype=compute_dtype, batch_norm=batch_norm)
+
     def loss_fn(params):
-        locations, logits = SSD(model_config, dtype=compute_dtype).apply({"params": params}, batch["image"])
+        if batch_norm:  # statistics of this (global) batch; the running ones are updated
+            (locations, logits), updated = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                                       batch["image"], train=True, mutable=["batch_stats"])
+            batch_stats = updated["batch_stats"]
+        else:
+            locations, logits = model.apply({"params": params}, batch["image"])
+            batch_stats = state.batch_stats
         loss = multibox_loss(locations, logits, targets.locations, targets.labels, targets.positive,
                              neg_pos_ratio=model_config.neg_pos_ratio)
-        return loss.total, loss
+        return loss.total, (loss, batch_stats)
 
-    (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (loss, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
@@ -157,7 +190,7 @@ def train_step(state: TrainState, batch: dict, *, model_config: SSDConfig, optim
         "grad_norm": optax.tree.norm(grads),
         "learning_rate": schedule(state.step),
     }
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats), metrics
 
 
 # ----------------------------------------------------------------------------- devices
@@ -220,12 +253,25 @@ def _check_finite(metrics: dict, step: int) -> None:
             f"(warmup_steps), set grad_clip_norm, or check the boxes of the data.")
 
 
-def _initial_params(config, model_config: SSDConfig):
+def initial_state(config, model_config: SSDConfig, optimizer) -> TrainState:
+    """Step 0: fresh parameters (or a converted backbone), with BatchNorms if ``config.batch_norm``."""
     params = init(jax.random.key(config.seed), model_config)
     if config.get("init_backbone"):
         params = weights.merge_backbone(params, load_tree(config.init_backbone))
         logging.info("backbone initialised from %s", config.init_backbone)
-    return params
+    batch_stats = None
+    if config.get("batch_norm"):
+        params, batch_stats = init_batch_norm(params, model_config)
+    return create_train_state(params, optimizer, batch_stats)
+
+
+def abstract_state(config, model_config: SSDConfig, optimizer) -> TrainState:
+    """The shapes and dtypes of ``initial_state`` (what a checkpoint is restored into)."""
+    if config.get("batch_norm"):
+        shapes = jax.eval_shape(functools.partial(init_batch_norm, config=model_config), param_shapes(model_config))
+    else:
+        shapes = (param_shapes(model_config), None)
+    return jax.eval_shape(lambda params, stats: create_train_state(params, optimizer, stats), *shapes)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evaluate_fn=None,
@@ -258,14 +304,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
     # --- state: restored from the latest checkpoint, or fresh
     checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
     replicated = NamedSharding(mesh, P())
-    abstract = jax.eval_shape(lambda p: create_train_state(p, optimizer), param_shapes(model_config))
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                            abstract_state(config, model_config, optimizer))
     restored = checkpoints.restore_latest(abstract)
     if restored is not None:
         state, meta = restored
         logging.info("resumed from step %d of %s", meta["step"], checkpoints.directory)
     else:
-        state = replicate(create_train_state(_initial_params(config, model_config), optimizer), mesh)
+        state = replicate(initial_state(config, model_config, optimizer), mesh)
     start_step = int(state.step)
 
     # --- input: each process reads its own part; the stream resumes at the exact example
@@ -277,7 +323,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
         seed=config.seed, shuffle_buffer=config.shuffle_buffer, start_index=start_step * local_batch_size,
         augment_options={"zoom_out_probability": config.zoom_out_probability,
                          "max_zoom_out": config.max_zoom_out,
-                         "crop_probability": config.crop_probability}))
+                         "crop_probability": config.crop_probability,
+                         "photometric": config.get("photometric", True)}))
 
     # --- evaluation
     if evaluate_fn is None and config.eval_every:
@@ -330,7 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
                     save(step, wait=stopping)
                 if evaluate_fn is not None and config.eval_every and (step % config.eval_every == 0
                                                                       or step == config.num_steps):
-                    results = evaluate_fn(state.params, step)
+                    results = evaluate_fn(inference_params(state), step)
                     log(step, results)
                     last.update(results)
                 if stopping:
@@ -344,7 +391,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
         from ssd_jax.evaluation import plots
 
         # The latest parameters, ready for detect / evaluate.py / detect_images.py.
-        save_params(os.path.join(workdir, "params"), jax.device_get(state.params), model_config, overwrite=True)
+        save_params(os.path.join(workdir, "params"), jax.device_get(inference_params(state)), model_config,
+                    overwrite=True)
         plots.plot_training_curve(history_path, os.path.join(workdir, "training_curve.png"))
     return last
 
@@ -354,7 +402,7 @@ def restore_train_state(workdir: str, config: ml_collections.ConfigDict) -> tupl
     from ssd_jax.data import pipeline
 
     model_config = configs.get(config.model, num_classes=pipeline.DATASETS[config.dataset].num_classes)
-    abstract = jax.eval_shape(lambda p: create_train_state(p, make_optimizer(config)), param_shapes(model_config))
+    abstract = abstract_state(config, model_config, make_optimizer(config))
     checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
     try:
         return checkpoints.restore_latest(abstract)

@@ -17,6 +17,7 @@ import pytest
 import ssd_jax
 from ssd_jax import configs, train
 from ssd_jax.checkpoint import TrainCheckpoints
+from ssd_jax.models import param_shapes
 
 REPO = os.path.join(os.path.dirname(__file__), os.pardir)
 
@@ -35,11 +36,6 @@ def tiny_config(data_dir, **overrides):
     return config
 
 
-def final_params(workdir, config):
-    state, meta = train.restore_train_state(str(workdir), config)
-    return state.params, meta
-
-
 def random_batch(batch_size=8, max_boxes=4, seed=0):
     rng = np.random.default_rng(seed)
     lo = rng.uniform(0, 0.6, (batch_size, max_boxes, 2))
@@ -54,8 +50,7 @@ def random_batch(batch_size=8, max_boxes=4, seed=0):
 
 # ----------------------------------------------------------------------------- pieces
 def test_weight_decay_only_on_kernels_and_the_schedule():
-    params = ssd_jax.init(jax.random.key(0), configs.ssd_tiny())
-    mask = train.weight_decay_mask(params)
+    mask = train.weight_decay_mask(param_shapes(configs.ssd300()))
     assert mask["backbone"]["conv1_1"]["kernel"] and not mask["backbone"]["conv1_1"]["bias"]
     assert not mask["backbone"]["conv4_3_norm"]["scale"] and mask["conf_0"]["kernel"]
     config = train.default_config()
@@ -64,14 +59,17 @@ def test_weight_decay_only_on_kernels_and_the_schedule():
                                 schedule(100_000)], [1e-5, 0.000505, 1e-3, 1e-3, 1e-4, 1e-5], rtol=1e-4)
 
 
-def test_train_step_learns_handles_empty_images_and_compiles_once():
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "batch_norm"])
+def test_train_step_learns_handles_empty_images_and_compiles_once(batch_norm):
     config = train.default_config()
-    config.update(model="ssd_tiny", optimizer="adam", warmup_steps=0)
+    config.update(model="ssd_tiny", optimizer="adam", warmup_steps=0, batch_norm=batch_norm)
     model_config = configs.ssd_tiny(num_classes=6)
     optimizer, schedule = train.make_optimizer(config), train.learning_rate_schedule(config)
     mesh = train.data_mesh(jax.devices()[:1])
     step = train.jit_train_step(model_config, optimizer, schedule, mesh)
-    state = train.replicate(train.create_train_state(ssd_jax.init(jax.random.key(0), model_config), optimizer), mesh)
+    state = train.replicate(train.initial_state(config, model_config, optimizer), mesh)
+    assert train.uses_batch_norm(state) == batch_norm
+    initial_stats = jax.device_get(state.batch_stats)
     batch = random_batch()
     losses = []
     for _ in range(8):
@@ -79,6 +77,11 @@ def test_train_step_learns_handles_empty_images_and_compiles_once():
         losses.append(float(metrics["loss"]))
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]  # overfits one batch
     assert step._cache_size() == 1
+    if batch_norm:  # the running statistics follow the batches; the plain model's are empty
+        moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), initial_stats, jax.device_get(state.batch_stats))
+        assert min(jax.tree.leaves(moved)) > 0
+    else:
+        assert state.batch_stats == {}
     # A batch with no object at all: zero loss, finite (zero) gradients, no NaN in the parameters.
     empty = {**batch, "mask": np.zeros_like(batch["mask"]), "labels": np.zeros_like(batch["labels"])}
     state, metrics = step(state, empty)
@@ -96,20 +99,22 @@ EIGHT_DEVICES = textwrap.dedent("""
     config = train.default_config()
     model_config = configs.ssd_tiny(num_classes=6)
     optimizer, schedule = train.make_optimizer(config), train.learning_rate_schedule(config)
-    params = jax.device_get(ssd_jax.init(jax.random.key(0), model_config))  # host copies: steps donate
     batch = random_batch(8)
-    results = []
-    for devices in (jax.devices()[:1], jax.devices()):
-        mesh = train.data_mesh(devices)
-        step = train.jit_train_step(model_config, optimizer, schedule, mesh)
-        state = train.replicate(train.create_train_state(params, optimizer), mesh)
-        state, metrics = step(state, train.global_batch(batch, jax.sharding.NamedSharding(
-            mesh, jax.sharding.PartitionSpec("data"))))
-        results.append((jax.device_get(state.params), float(metrics["loss"]), len(mesh.devices.flat)))
-    (one, loss1, n1), (eight, loss8, n8) = results
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)))
-    scale = max(float(np.abs(a).max()) for a in jax.tree.leaves(one))
-    print("RESULT", n1, n8, loss1, loss8, diff, scale)
+    for batch_norm in (False, True):  # BatchNorm: statistics of the global batch, not of each device's part
+        config.batch_norm = batch_norm
+        initial = jax.device_get(train.initial_state(config, model_config, optimizer))  # host copy: steps donate
+        results = []
+        for devices in (jax.devices()[:1], jax.devices()):
+            mesh = train.data_mesh(devices)
+            step = train.jit_train_step(model_config, optimizer, schedule, mesh)
+            state, metrics = step(train.replicate(initial, mesh), train.global_batch(batch, jax.sharding.NamedSharding(
+                mesh, jax.sharding.PartitionSpec("data"))))
+            trees = (state.params, state.batch_stats)
+            results.append((jax.device_get(trees), float(metrics["loss"]), len(mesh.devices.flat)))
+        (one, loss1, n1), (eight, loss8, n8) = results
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)))
+        scale = max(float(np.abs(a).max()) for a in jax.tree.leaves(one))
+        print("RESULT", int(batch_norm), n1, n8, loss1, loss8, diff, scale)
 """)
 
 
@@ -117,11 +122,13 @@ def test_eight_devices_give_the_same_step_as_one():
     out = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], capture_output=True, text=True, timeout=600,
                          cwd=os.path.dirname(__file__), env={**os.environ, "PYTHONPATH": os.path.dirname(__file__)})
     assert out.returncode == 0, out.stderr[-3000:]
-    line = next(line for line in out.stdout.splitlines() if line.startswith("RESULT"))
-    n1, n8, loss1, loss8, diff, scale = (float(x) for x in line.split()[1:])
-    assert (n1, n8) == (1, 8)
-    assert abs(loss1 - loss8) <= 1e-5 * abs(loss1)
-    assert diff <= 1e-5 * scale  # float32 sums in another order, nothing more
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
+    assert len(lines) == 2  # without and with BatchNorm
+    for line in lines:
+        batch_norm, n1, n8, loss1, loss8, diff, scale = (float(x) for x in line.split()[1:])
+        assert (n1, n8) == (1, 8)
+        assert abs(loss1 - loss8) <= 1e-5 * abs(loss1), line
+        assert diff <= 1e-5 * scale, line  # float32 sums in another order, nothing more
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -129,8 +136,8 @@ INTERRUPTIBLE = textwrap.dedent("""
     import sys
     from test_train import tiny_config
     from ssd_jax import train
-    train.train_and_evaluate(tiny_config(sys.argv[1], num_steps=40, checkpoint_every=1000), sys.argv[2],
-                             progress=False)
+    train.train_and_evaluate(tiny_config(sys.argv[1], num_steps=40, checkpoint_every=1000, batch_norm=True),
+                             sys.argv[2], progress=False)
 """)
 
 
@@ -151,19 +158,22 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, data_dir):
     assert process.returncode == 0, stderr[-3000:]
     saved = TrainCheckpoints(killed / "checkpoints").steps()
     assert len(saved) == 1 and 3 <= saved[0] < 40  # saved where the signal stopped it
-    train.train_and_evaluate(tiny_config(data_dir, num_steps=40, checkpoint_every=1000), str(killed), progress=False)
+    config = tiny_config(data_dir, num_steps=40, checkpoint_every=1000, batch_norm=True)  # the quickstart's
+    train.train_and_evaluate(config, str(killed), progress=False)
 
     straight = tmp_path / "straight"
-    train.train_and_evaluate(tiny_config(data_dir, num_steps=40, checkpoint_every=1000), str(straight),
-                             progress=False)
-    resumed, meta = final_params(killed, tiny_config(data_dir))
-    expected, _ = final_params(straight, tiny_config(data_dir))
+    train.train_and_evaluate(config, str(straight), progress=False)
+    resumed, meta = train.restore_train_state(str(killed), config)
+    expected, _ = train.restore_train_state(str(straight), config)
     assert meta["step"] == 40 and meta["examples_seen_per_process"] == 160
-    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(expected)):
+    assert train.uses_batch_norm(resumed)
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(expected)):  # params, optimizer, statistics
         np.testing.assert_array_equal(a, b)
-    # The run exported its final parameters and its curve.
+    # The run exported its final parameters, BatchNorms folded, and its curve.
     params, model_config = ssd_jax.checkpoint.load_params(straight / "params")
     assert model_config == configs.ssd_tiny(num_classes=6)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(jax.device_get(train.inference_params(expected)))):
+        np.testing.assert_array_equal(a, b)
     assert (straight / "training_curve.png").stat().st_size > 10_000
     assert (straight / "tensorboard").is_dir()
 
