@@ -69,7 +69,7 @@ class SSDConfig:
     clip_boxes: bool = True  # clip detections to the image
     # Input normalisation (RGB, subtracted from pixels in [0, 255]).
     mean_rgb: tuple[float, float, float] = IMAGENET_MEAN_RGB
-    l2norm_scale: float = 20.0
+    l2norm_scale: float | None = 20.0  # initial scale of conv4_3's L2Norm; None: no L2Norm
     # Matching and loss.
     match_iou_threshold: float = 0.5
     neg_pos_ratio: float = 3.0
@@ -164,6 +164,8 @@ def validate(config: SSDConfig) -> None:
         raise ValueError(f"{name}: backbone_depths needs 5 positive convolution counts, got {config.backbone_depths}")
     if not 0 < config.match_iou_threshold <= 1:
         raise ValueError(f"{name}: match_iou_threshold must be in (0, 1], got {config.match_iou_threshold}")
+    if config.l2norm_scale is not None and config.l2norm_scale <= 0:
+        raise ValueError(f"{name}: l2norm_scale must be positive or None, got {config.l2norm_scale}")
     if config.neg_pos_ratio < 0:
         raise ValueError(f"{name}: neg_pos_ratio must be >= 0, got {config.neg_pos_ratio}")
 
@@ -247,10 +249,15 @@ def ssd_tiny(num_classes: int = 21) -> SSDConfig:
     most on a CPU, run once. Source maps 16, 8, 4, 2, 1; default-box scales spread evenly from
     0.1 to 0.9 of the image as in the paper's formula. Its grids are coarse for its box sizes,
     so at the paper's IoU 0.5 an object matches few default boxes: it matches at 0.4, which
-    trains much faster.
+    trains much faster. The extra blocks are wide (64 -> 128) since on maps of 4x4 and less
+    they cost almost nothing, and hard negative mining keeps 2 negatives per positive, not 3:
+    both raised VOC07 mAP on shapes after 2000 steps (0.564 -> 0.600, measured together). It has
+    no L2Norm on conv4_3: the quickstart trains it with BatchNorm (``train.default_config()
+    .batch_norm``), which keeps conv4_3's activations in scale, and with both, 800 steps reached
+    VOC07 mAP 0.43 instead of 0.52.
     """
     image_size = 128
-    extras = (ExtraLayer(32, 64), ExtraLayer(16, 32), ExtraLayer(16, 32))  # 3x3, stride 2: 8 -> 4 -> 2 -> 1
+    extras = (ExtraLayer(64, 128),) * 3  # 3x3, stride 2: 8 -> 4 -> 2 -> 1
     feature_maps = architecture_feature_map_sizes(image_size, extras)
     scales = (0.1, 0.2, 0.375, 0.55, 0.725, 0.9)
     sizes = tuple(s * image_size for s in scales)
@@ -267,7 +274,9 @@ def ssd_tiny(num_classes: int = 21) -> SSDConfig:
         backbone_depths=(1, 1, 2, 2, 2),
         fc_width=128,
         extras=extras,
+        l2norm_scale=None,
         match_iou_threshold=0.4,
+        neg_pos_ratio=2.0,
     )
 
 

@@ -1,5 +1,7 @@
 """ssd_jax.evaluation.Evaluator: fixed-size padded batches, original-image coordinates, metric keys."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -10,7 +12,10 @@ from ssd_jax import configs
 from ssd_jax.detect import _detect
 from ssd_jax.evaluation import Evaluator, plot_class_ap, plot_precision_recall
 
-CONFIG = configs.ssd_tiny(num_classes=4)
+# With random weights and no L2Norm on conv4_3, ssd_tiny's box offsets are large, and boxes
+# clipped to the image edge have zero area: they match nothing, not even themselves. L2Norm keeps
+# the random model's boxes inside the image, which the self-consistency test below needs.
+CONFIG = dataclasses.replace(configs.ssd_tiny(num_classes=4), l2norm_scale=20.0)
 # Options no other test uses, so that this file's compilations are its own.
 OPTIONS = dict(score_threshold=0.02, pre_nms_top_k=50, max_detections=20)
 NUM_IMAGES, MAX_OBJECTS = 7, 5

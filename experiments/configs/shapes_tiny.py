@@ -13,11 +13,15 @@ def get_config():
     # VOC07 mAP 0.30 instead of 0.21 after 800 steps); flips and photometric distortion stay.
     config.zoom_out_probability = 0.0
     config.crop_probability = 0.0
+    # From scratch, a BatchNorm before each ReLU learns far faster for the same time (measured after
+    # 800 steps: VOC07 mAP 0.52 instead of 0.31); it is folded into the convolutions when saved.
+    config.batch_norm = True
     config.num_steps = 2000
     # From scratch (no ImageNet backbone): Adam with a short warm-up converges far faster here
-    # than the paper's SGD at 1e-3.
+    # than the paper's SGD at 1e-3. With BatchNorm, 4e-3 beat 2e-3 and 6e-3 (VOC07 mAP 0.59,
+    # 0.52 and 0.57 after 800 steps).
     config.optimizer = "adam"
-    config.learning_rate = 2e-3
+    config.learning_rate = 4e-3
     config.warmup_steps = 50
     config.lr_boundaries = (1500, 1800)
     config.weight_decay = 5e-4
