@@ -20,8 +20,7 @@ import jax.numpy as jnp
 from ssd_jax.configs import SSDConfig
 from ssd_jax.models.ssd import SSD
 from ssd_jax.models.vgg import BATCH_NORM_EPSILON
-
-SUFFIX = "_bn"  # a BatchNorm is named after its convolution, plus this
+from ssd_jax.models.vgg import BATCH_NORM_SUFFIX as SUFFIX
 
 
 def batch_norm_shapes(config: SSDConfig) -> tuple[dict, dict]:

@@ -63,16 +63,17 @@ class L2Norm(nn.Module):
 VGG16_BLOCK_DEPTHS = (2, 2, 3, 3, 3)
 
 
-def batch_norm(x, name: str, *, train: bool):
-    """The BatchNorm that ``batch_norm=True`` models put between a convolution ``name`` and its
-    ReLU, named ``name + "_bn"`` (``fold_batch_norm`` relies on the name). Statistics of the batch
-    in training (the global batch, when it is sharded over devices), running averages otherwise."""
-    return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON,
-                        dtype=jnp.float32, name=f"{name}_bn")(x)
-
-
 BATCH_NORM_MOMENTUM = 0.9  # short schedules: the running averages must follow the weights quickly
 BATCH_NORM_EPSILON = 1e-5
+BATCH_NORM_SUFFIX = "_bn"  # a BatchNorm is named after its convolution, plus this
+
+
+def batch_norm(x, name: str, *, train: bool):
+    """The BatchNorm that ``batch_norm=True`` models put between a convolution ``name`` and its
+    ReLU, named ``name + BATCH_NORM_SUFFIX`` (``fold_batch_norm`` relies on the name). Statistics of the batch
+    in training (the global batch, when it is sharded over devices), running averages otherwise."""
+    return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON,
+                        dtype=jnp.float32, name=name + BATCH_NORM_SUFFIX)(x)
 
 
 def conv_relu(x, features: int, kernel: int, *, name: str, dtype: Any, norm: bool, train: bool, **options):
