@@ -18,16 +18,9 @@ import jax
 import jax.numpy as jnp
 
 from ssd_jax.configs import SSDConfig
-from ssd_jax.models.ssd import SSD
+from ssd_jax.models.ssd import variable_shapes
 from ssd_jax.models.vgg import BATCH_NORM_EPSILON
 from ssd_jax.models.vgg import BATCH_NORM_SUFFIX as SUFFIX
-
-
-def batch_norm_shapes(config: SSDConfig) -> tuple[dict, dict]:
-    """(params, batch_stats) of ``SSD(config, batch_norm=True)`` as ShapeDtypeStruct trees."""
-    dummy = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32)
-    variables = jax.eval_shape(lambda key, x: SSD(config, batch_norm=True).init(key, x), jax.random.key(0), dummy)
-    return variables["params"], variables["batch_stats"]
 
 
 def init_batch_norm(params, config: SSDConfig) -> tuple[dict, dict]:
@@ -36,7 +29,7 @@ def init_batch_norm(params, config: SSDConfig) -> tuple[dict, dict]:
     The convolutions keep their values; each BatchNorm starts as the identity: scale 1, bias 0,
     running mean 0 and running variance 1.
     """
-    param_shapes, stats_shapes = batch_norm_shapes(config)
+    shapes = variable_shapes(config, batch_norm=True)
 
     def fill(path, leaf):
         keys = [entry.key for entry in path]
@@ -44,7 +37,8 @@ def init_batch_norm(params, config: SSDConfig) -> tuple[dict, dict]:
             return jnp.full(leaf.shape, 1.0 if keys[-1] in ("scale", "var") else 0.0, leaf.dtype)
         return jnp.asarray(functools.reduce(lambda tree, key: tree[key], keys, params))
 
-    return jax.tree_util.tree_map_with_path(fill, param_shapes), jax.tree_util.tree_map_with_path(fill, stats_shapes)
+    return (jax.tree_util.tree_map_with_path(fill, shapes["params"]),
+            jax.tree_util.tree_map_with_path(fill, shapes["batch_stats"]))
 
 
 def fold_batch_norm(params: Mapping, batch_stats: Mapping) -> dict:

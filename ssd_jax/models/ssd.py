@@ -103,8 +103,14 @@ def init(rng: jax.Array, config: SSDConfig) -> dict:
 
 def param_shapes(config: SSDConfig) -> dict:
     """The parameter pytree of ``config`` as ``jax.ShapeDtypeStruct`` leaves, without computing it."""
+    return variable_shapes(config)["params"]
+
+
+def variable_shapes(config: SSDConfig, *, batch_norm: bool = False) -> dict:
+    """All variable collections of ``SSD(config, batch_norm=batch_norm)`` ('params', and
+    'batch_stats' with BatchNorm) as ``jax.ShapeDtypeStruct`` leaves."""
     dummy = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32)
-    return jax.eval_shape(lambda key, x: SSD(config).init(key, x)["params"], jax.random.key(0), dummy)
+    return jax.eval_shape(lambda key, x: SSD(config, batch_norm=batch_norm).init(key, x), jax.random.key(0), dummy)
 
 
 @functools.lru_cache(maxsize=16)

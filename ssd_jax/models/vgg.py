@@ -70,8 +70,9 @@ BATCH_NORM_SUFFIX = "_bn"  # a BatchNorm is named after its convolution, plus th
 
 def batch_norm(x, name: str, *, train: bool):
     """The BatchNorm that ``batch_norm=True`` models put between a convolution ``name`` and its
-    ReLU, named ``name + BATCH_NORM_SUFFIX`` (``fold_batch_norm`` relies on the name). Statistics of the batch
-    in training (the global batch, when it is sharded over devices), running averages otherwise."""
+    ReLU, named ``name + BATCH_NORM_SUFFIX`` (``fold_batch_norm`` relies on the name). Statistics
+    of the batch in training (the global batch, when sharded over devices), running averages
+    otherwise."""
     return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON,
                         dtype=jnp.float32, name=name + BATCH_NORM_SUFFIX)(x)
 
@@ -85,7 +86,8 @@ def conv_relu(x, features: int, kernel: int, *, name: str, dtype: Any, norm: boo
 
 
 class VGG16Base(nn.Module):
-    """[B, S, S, 3] mean-subtracted RGB -> (conv4_3 after L2Norm, fc7), both NHWC.
+    """[B, S, S, 3] mean-subtracted RGB -> (conv4_3, after L2Norm unless ``l2norm_scale`` is None;
+    fc7), both NHWC.
 
     Pools 1, 2 and 4 are 2x2/2, pool3 rounds up (75 -> 38 for SSD300), pool5 is 3x3/1/pad 1;
     fc6 is a 3x3 conv with dilation 6 and fc7 a 1x1 conv, ReLU after each. ``batch_norm`` adds a
