@@ -69,11 +69,17 @@ def test_the_model_takes_the_fast_path_only_where_it_applies():
 
     config = configs.ssd_tiny(num_classes=3)
     images = jnp.zeros((1, config.image_size, config.image_size, 3))
-    jaxpr = str(jax.make_jaxpr(lambda p: SSD(config).apply({"params": p}, images))(init(jax.random.key(0), config)))
+    params = init(jax.random.key(0), config)
+    jaxpr = str(jax.make_jaxpr(lambda p: SSD(config).apply({"params": p}, images))(params))
     # Every convolution (the base, fc6, fc7, 2 per extra layer, 2 per source) and every pooling (5) goes
-    # through the CPU rules: flax's dimension numbers are the ones the fast path expects.
+    # through the CPU rules (flax's dimension numbers are the ones the fast path expects), except the
+    # small kernels (conv1_1 3 -> 8, conv2_1 8 -> 16), whose gradient XLA computes faster itself.
     convolutions = sum(config.backbone_depths) + 2 + 2 * len(config.extras) + 2 * len(config.feature_map_sizes)
-    assert jaxpr.count("custom_vjp_call") == convolutions + 5
+    kernels = [k for k in jax.tree.leaves(params) if k.ndim == 4]
+    assert len(kernels) == convolutions
+    small = sum(k.shape[2] * k.shape[3] <= fast_grads.SMALL_KERNEL_CHANNELS for k in kernels)
+    assert small == 2
+    assert jaxpr.count("custom_vjp_call") == convolutions - small + 5
     x = jnp.ones((1, 6, 6, 2))
     kernel = jnp.ones((3, 3, 1, 2))
     numbers = lax.conv_dimension_numbers(x.shape, kernel.shape, fast_grads.NHWC)
