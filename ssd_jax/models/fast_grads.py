@@ -40,8 +40,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None
                          preferred_element_type=None):
     """Drop-in for ``lax.conv_general_dilated`` (the ``conv_general_dilated`` of ``flax.linen.Conv``).
 
-    On CPU, NHWC convolutions with explicit padding, no input dilation and one feature group take
-    the fast kernel gradient; everything else is passed to lax as it is.
+    On CPU, NHWC convolutions with explicit padding, no input dilation, one feature group and more
+    than ``SMALL_KERNEL_CHANNELS`` (input x output) channels take the fast kernel gradient;
+    everything else is passed to lax as it is.
     """
     plain = (_on_cpu() and lhs.ndim == 4 and not isinstance(padding, str)
              and all(p >= 0 for pair in padding for p in pair)
