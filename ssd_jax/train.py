@@ -34,6 +34,7 @@ from ssd_jax.configs import SSDConfig
 from ssd_jax.losses import multibox_loss
 from ssd_jax.matching import match_batch
 from ssd_jax.models import SSD, fold_batch_norm, init, init_batch_norm, param_shapes
+from ssd_jax.models.ssd import variable_shapes
 from ssd_jax.priors import priors
 
 
@@ -268,7 +269,8 @@ def initial_state(config, model_config: SSDConfig, optimizer) -> TrainState:
 def abstract_state(config, model_config: SSDConfig, optimizer) -> TrainState:
     """The shapes and dtypes of ``initial_state`` (what a checkpoint is restored into)."""
     if config.get("batch_norm"):
-        shapes = jax.eval_shape(functools.partial(init_batch_norm, config=model_config), param_shapes(model_config))
+        variables = variable_shapes(model_config, batch_norm=True)
+        shapes = (variables["params"], variables["batch_stats"])
     else:
         shapes = (param_shapes(model_config), None)
     return jax.eval_shape(lambda params, stats: create_train_state(params, optimizer, stats), *shapes)

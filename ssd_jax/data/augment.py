@@ -210,14 +210,12 @@ def ssd_augment(image, boxes, labels, seed, *, size: int, zoom_out_probability=0
         image = photometric_distort(image, seeds[0])
     canvas, _ = sample_zoom_out(seeds[1], probability=zoom_out_probability, max_ratio=max_zoom_out)
     boxes_on_canvas = to_frame(boxes, canvas)
-    whole = tf.constant([0.0, 0.0, 1.0, 1.0])
+    crop = whole = tf.constant([0.0, 0.0, 1.0, 1.0])
     if crop_probability > 0.0:  # its 300 trial crops cost time: skipped when never used
         crop, _ = sample_crop(boxes_on_canvas, seeds[2])
-        if crop_probability < 1.0:
-            skip_seed = tf.random.experimental.stateless_fold_in(seeds[2], 1)  # leaves the other draws as they were
-            crop = tf.where(_coin(skip_seed, crop_probability), crop, whole)
-    else:
-        crop = whole
+    if 0.0 < crop_probability < 1.0:
+        skip_seed = tf.random.experimental.stateless_fold_in(seeds[2], 1)  # leaves the other draws as they were
+        crop = tf.where(_coin(skip_seed, crop_probability), crop, whole)
     boxes, labels = crop_boxes(boxes_on_canvas, labels, crop)
     # The crop in the original image's coordinates: canvas origin + crop * canvas size.
     canvas_size = canvas[2:] - canvas[:2]
