@@ -34,6 +34,7 @@ from ssd_jax.configs import SSDConfig
 from ssd_jax.losses import multibox_loss
 from ssd_jax.matching import match_batch
 from ssd_jax.models import SSD, fold_batch_norm, init, init_batch_norm, param_shapes
+from ssd_jax.models.fast_grads import training_gradients
 from ssd_jax.models.ssd import variable_shapes
 from ssd_jax.priors import priors
 
@@ -76,6 +77,12 @@ def default_config() -> ml_collections.ConfigDict:
     config.lr_decay = 0.1
     config.grad_clip_norm = 0.0  # 0: no clipping
     config.compute_dtype = "float32"  # or "bfloat16" (parameters stay float32)
+    # VGG blocks whose layers are frozen (no gradient, no update). -1: the paper's choice, the first
+    # 2 (conv1_1 .. conv2_2) when the backbone is a converted ImageNet VGG16, none from scratch.
+    config.frozen_blocks = -1
+    # Gradient rules of the convolutions and poolings: "auto" (the fastest measured on the device:
+    # both of ssd_jax.models.fast_grads on CPU, its pooling rule on a GPU), "xla", "fast" or "fast_pool".
+    config.gradients = "auto"
     # A BatchNorm before each ReLU of the base and extra layers while training, folded into the
     # convolutions for evaluation and the saved parameters: for training from scratch.
     config.batch_norm = False
@@ -94,6 +101,28 @@ def default_config() -> ml_collections.ConfigDict:
 def weight_decay_mask(params):
     """True for conv kernels; biases and the L2Norm scale get no weight decay (as in Caffe)."""
     return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
+
+
+PAPER_FROZEN_BLOCKS = 2  # the reference SSD freezes conv1_1 .. conv2_2 of its ImageNet VGG16
+
+
+def frozen_blocks(config: ml_collections.ConfigDict) -> int:
+    """The number of leading VGG blocks that ``config`` freezes (resolves -1, the paper's choice)."""
+    blocks = int(config.get("frozen_blocks", 0))
+    if blocks < 0:
+        return PAPER_FROZEN_BLOCKS if config.get("init_backbone") else 0
+    return blocks
+
+
+def frozen_mask(params, blocks: int):
+    """True for the parameters of backbone layers conv1_* .. conv{blocks}_* (and their BatchNorms)."""
+    prefixes = tuple(f"conv{block}_" for block in range(1, blocks + 1))
+
+    def frozen(path, _):
+        keys = [getattr(entry, "key", None) for entry in path]
+        return bool(blocks) and len(keys) > 1 and keys[0] == "backbone" and str(keys[1]).startswith(prefixes)
+
+    return jax.tree_util.tree_map_with_path(frozen, params)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -118,11 +147,17 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """SGD with momentum (the paper's) or Adam, weight decay added to the gradient (Caffe style,
-    kernels only), optional global-norm clipping."""
+    kernels only), optional global-norm clipping; frozen layers (``frozen_blocks``) get no update."""
     parts = []
     if config.get("grad_clip_norm"):
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
-    parts.append(optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask))
+    blocks = frozen_blocks(config)
+
+    def decay_mask(params):
+        frozen = frozen_mask(params, blocks)
+        return jax.tree.map(lambda kernel, is_frozen: kernel and not is_frozen, weight_decay_mask(params), frozen)
+
+    parts.append(optax.add_decayed_weights(config.weight_decay, mask=decay_mask))
     schedule = learning_rate_schedule(config)
     name = config.get("optimizer", "sgd")
     if name == "sgd":
@@ -131,6 +166,8 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
         parts.append(optax.adam(schedule))
     else:
         raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
+    if blocks:
+        parts.append(optax.masked(optax.set_to_zero(), lambda params: frozen_mask(params, blocks)))
     return optax.chain(*parts)
 
 
@@ -151,11 +188,13 @@ def inference_params(state: TrainState):
 
 # ----------------------------------------------------------------------------- the update step
 def train_step(state: TrainState, batch: dict, *, model_config: SSDConfig, optimizer, schedule,
-               compute_dtype=jnp.float32) -> tuple[TrainState, dict]:
+               compute_dtype=jnp.float32, frozen: int = 0, gradients: str = "xla") -> tuple[TrainState, dict]:
     """One SGD step on a batch -> (new state, metrics).
 
     Args:
       batch: image uint8 [B, S, S, 3], boxes float32 [B, G, 4], labels int32 [B, G], mask [B, G].
+      frozen: leading VGG blocks without gradient: XLA then skips their whole backward pass.
+      gradients: the model's gradient rules (``ssd_jax.models.fast_grads``).
     Returns:
       metrics: scalars 'loss', 'loss/localization', 'loss/confidence', 'positives', 'negatives',
         'grad_norm', 'learning_rate'.
@@ -165,9 +204,11 @@ def train_step(state: TrainState, batch: dict, *, model_config: SSDConfig, optim
                           iou_threshold=model_config.match_iou_threshold, variances=model_config.variances)
 
     batch_norm = uses_batch_norm(state)
-    model = SSD(model_config, dtype=compute_dtype, batch_norm=batch_norm)
+    model = SSD(model_config, dtype=compute_dtype, batch_norm=batch_norm, gradients=gradients)
+    is_frozen = frozen_mask(state.params, frozen)
 
     def loss_fn(params):
+        params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, is_frozen)
         if batch_norm:  # statistics of this (global) batch; the running ones are updated
             (locations, logits), updated = model.apply({"params": params, "batch_stats": state.batch_stats},
                                                        batch["image"], train=True, mutable=["batch_stats"])
@@ -215,11 +256,16 @@ def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
-def jit_train_step(model_config: SSDConfig, optimizer, schedule, mesh, compute_dtype=jnp.float32):
-    """``train_step`` jitted for ``mesh``: state replicated, batch split; the state is donated."""
+def jit_train_step(model_config: SSDConfig, optimizer, schedule, mesh, compute_dtype=jnp.float32, *,
+                   frozen: int = 0, gradients: str = "auto"):
+    """``train_step`` jitted for ``mesh``: state replicated, batch split; the state is donated.
+
+    ``gradients="auto"``: the gradient rules that train fastest on the mesh's devices."""
     replicated = NamedSharding(mesh, P())
+    if gradients == "auto":
+        gradients = training_gradients(mesh.devices.flat[0].platform)
     step = functools.partial(train_step, model_config=model_config, optimizer=optimizer, schedule=schedule,
-                             compute_dtype=compute_dtype)
+                             compute_dtype=compute_dtype, frozen=frozen, gradients=gradients)
     return jax.jit(step, in_shardings=(replicated, NamedSharding(mesh, P("data"))),
                    out_shardings=(replicated, replicated), donate_argnums=0)
 
@@ -301,7 +347,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
     optimizer = make_optimizer(config)
     schedule = learning_rate_schedule(config)
     compute_dtype = jnp.dtype(config.compute_dtype)
-    update = jit_train_step(model_config, optimizer, schedule, mesh, compute_dtype)
+    update = jit_train_step(model_config, optimizer, schedule, mesh, compute_dtype, frozen=frozen_blocks(config),
+                            gradients=config.get("gradients", "auto"))
 
     # --- state: restored from the latest checkpoint, or fresh
     checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)

@@ -70,7 +70,11 @@ def test_the_model_takes_the_fast_path_only_where_it_applies():
     config = configs.ssd_tiny(num_classes=3)
     images = jnp.zeros((1, config.image_size, config.image_size, 3))
     params = init(jax.random.key(0), config)
-    jaxpr = str(jax.make_jaxpr(lambda p: SSD(config).apply({"params": p}, images))(params))
+    plain = str(jax.make_jaxpr(lambda p: SSD(config).apply({"params": p}, images))(params))
+    assert "custom_vjp_call" not in plain  # the default model is plain lax, whatever the backend
+    pools = str(jax.make_jaxpr(lambda p: SSD(config, gradients="fast_pool").apply({"params": p}, images))(params))
+    assert pools.count("custom_vjp_call") == 5
+    jaxpr = str(jax.make_jaxpr(lambda p: SSD(config, gradients="fast").apply({"params": p}, images))(params))
     # Every convolution (the base, fc6, fc7, 2 per extra layer, 2 per source) and every pooling (5) goes
     # through the CPU rules (flax's dimension numbers are the ones the fast path expects), except the
     # small kernels (conv1_1 3 -> 8, conv2_1 8 -> 16), whose gradient XLA computes faster itself.
@@ -110,3 +114,33 @@ def test_max_pool_values_and_gradients_equal_lax(shape, window, stride, padding)
     got, expected = (jax.jit(jax.grad(lambda x, f=f: jnp.sum(f(x) * cotangent)))(x) for f in (ours, theirs))
     np.testing.assert_array_equal(got != 0, expected != 0)  # the same elements receive gradient
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)  # summed in another order where windows overlap
+
+
+def test_forward_mode_through_the_default_model():
+    from ssd_jax import configs
+    from ssd_jax.models import SSD, init
+
+    config = configs.ssd_tiny(num_classes=3)
+    images = jax.random.uniform(jax.random.key(2), (1, config.image_size, config.image_size, 3), maxval=255.0)
+    params = init(jax.random.key(0), config)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(3), len(leaves))
+    tangent = jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+    apply = lambda p: SSD(config).apply({"params": p}, images)[1]  # noqa: E731
+    logits, d_logits = jax.jvp(apply, (params,), (tangent,))
+    # Forward mode agrees with reverse mode: <u, J t> == <J^T u, t> for a random u.
+    u = jax.random.normal(jax.random.key(4), logits.shape)
+    (pullback,) = jax.vjp(apply, params)[1](u)
+    forward = float(jnp.vdot(u, d_logits))
+    reverse = float(sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(pullback), jax.tree.leaves(tangent))))
+    assert abs(forward - reverse) <= 1e-4 * abs(reverse)
+    with pytest.raises(TypeError):  # a custom rule has no forward mode: that is why it is opt-in
+        jax.jvp(lambda p: SSD(config, gradients="fast").apply({"params": p}, images), (params,), (tangent,))
+
+
+def test_training_gradients_follow_the_device():
+    assert fast_grads.training_gradients("cpu") == "fast"
+    assert fast_grads.training_gradients("gpu") == "fast_pool"
+    assert fast_grads.training_gradients("tpu") == "xla"
+    with pytest.raises(ValueError, match="gradients must be one of"):
+        fast_grads.conv_for("quick")

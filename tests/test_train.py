@@ -1,5 +1,6 @@
 """Training: the update step, data parallelism, exact resumption, the NaN guard, the scripts."""
 
+import functools
 import json
 import os
 import signal
@@ -88,6 +89,41 @@ def test_train_step_learns_handles_empty_images_and_compiles_once(batch_norm):
     assert float(metrics["loss"]) == 0.0 and float(metrics["grad_norm"]) == 0.0
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(state.params))
     assert int(state.step) == 9
+
+
+def test_frozen_blocks_keep_their_weights_and_leave_the_rest_unchanged():
+    """The paper freezes conv1_1 .. conv2_2 of its ImageNet VGG16: those stay as they are, and every
+    other parameter moves exactly as it does without freezing (stop_gradient cuts nothing else)."""
+    model_config = configs.ssd_tiny(num_classes=6)
+    mesh = train.data_mesh(jax.devices()[:1])
+    batch = random_batch()
+    results = {}
+    for blocks in (0, 2):
+        config = train.default_config()
+        config.update(model="ssd_tiny", warmup_steps=0, frozen_blocks=blocks, learning_rate=1e-2)
+        optimizer, schedule = train.make_optimizer(config), train.learning_rate_schedule(config)
+        step = train.jit_train_step(model_config, optimizer, schedule, mesh, frozen=train.frozen_blocks(config),
+                                    gradients="xla")
+        state = train.replicate(train.initial_state(config, model_config, optimizer), mesh)
+        initial = jax.device_get(state.params)
+        state, _ = step(state, batch)  # one step: after it the free run's first layers differ
+        results[blocks] = (initial, jax.device_get(state.params))
+    (start, free), (_, frozen) = results[0], results[2]
+    mask = train.frozen_mask(start, 2)
+    assert sorted(name for name in start["backbone"] if mask["backbone"][name]["kernel"]) == [
+        "conv1_1", "conv2_1"]  # ssd_tiny has one convolution per block
+    for path, is_frozen in jax.tree_util.tree_leaves_with_path(mask):
+        before, moved, kept = (functools.reduce(lambda t, k: t[k.key], path, tree) for tree in (start, free, frozen))
+        if is_frozen:
+            np.testing.assert_array_equal(kept, before)
+            assert not np.array_equal(moved, before)
+        else:
+            np.testing.assert_allclose(kept, moved, rtol=1e-5, atol=1e-7)
+    # -1 is the paper's choice: two blocks with an ImageNet backbone, none from scratch.
+    config = train.default_config()
+    assert train.frozen_blocks(config) == 0
+    config.init_backbone = "somewhere/vgg16"
+    assert train.frozen_blocks(config) == 2
 
 
 EIGHT_DEVICES = textwrap.dedent("""

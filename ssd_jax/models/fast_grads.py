@@ -5,14 +5,16 @@ Two gradients are slow in XLA:CPU (measured on SSD300's and ssd_tiny's layers, 2
   convolution (the gradient with respect to the input is as fast as the forward);
 - max pooling's gradient (select-and-scatter) takes 6 to 25 times as long as the pooling.
 
-On CPU these layers therefore carry their own gradients (``jax.custom_vjp``): the kernel
-gradient of a convolution is one matrix product per kernel tap, (shifted input window)^T @
-(output gradient), and max pooling sends each output's gradient to the first maximum of its
-window (the element XLA's select-and-scatter picks) with elementwise selects and pads. Both
-keep only the layer's inputs for the backward pass. Values and gradients equal lax's (tested).
-Other backends (cuDNN on GPUs) use lax unchanged. The choice follows ``jax.default_backend()``
-at trace time. On CPU, forward-mode differentiation (``jax.jvp``) through these layers is not
-available: training and ``detect`` need none.
+Here these layers carry their own gradients (``jax.custom_vjp``): the kernel gradient of a
+convolution is one matrix product per kernel tap, (shifted input window)^T @ (output gradient),
+and max pooling sends each output's gradient to the first maximum of its window (the element
+XLA's select-and-scatter picks) with elementwise selects and pads. Both keep only the layer's
+inputs for the backward pass. Values and gradients equal lax's (tested).
+
+The rules are a choice of whoever builds the model (``SSD(config, gradients=...)``): "xla"
+(plain lax, the default; forward-mode differentiation works), "fast" (both rules: the training
+step's choice on CPU) or "fast_pool" (the pooling rule alone). ``jax.jvp`` is not available
+through a custom rule.
 """
 
 from __future__ import annotations
@@ -30,8 +32,29 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 SMALL_KERNEL_CHANNELS = 128
 
 
-def _on_cpu() -> bool:
-    return jax.default_backend() == "cpu"
+GRADIENTS = ("xla", "fast", "fast_pool")
+
+
+def training_gradients(backend: str | None = None) -> str:
+    """The gradient rules that train fastest on ``backend`` (default: JAX's default backend).
+
+    Measured (benchmarks/RESULTS.md): both rules on a 2-core CPU; on an H200 the pooling rule
+    alone (SSD300 bfloat16 step, batch 32: 15.0 instead of 17.1 ms: XLA's select-and-scatter
+    took 1.4 ms of it, and cuDNN's kernel gradients are fast).
+    """
+    backend = backend or jax.default_backend()
+    return {"cpu": "fast", "gpu": "fast_pool", "cuda": "fast_pool", "rocm": "fast_pool"}.get(backend, "xla")
+
+
+def check_gradients(gradients: str) -> None:
+    if gradients not in GRADIENTS:
+        raise ValueError(f"gradients must be one of {GRADIENTS}, got {gradients!r}")
+
+
+def conv_for(gradients: str):
+    """The ``conv_general_dilated`` of ``flax.linen.Conv`` for ``gradients``."""
+    check_gradients(gradients)
+    return conv_general_dilated if gradients == "fast" else lax.conv_general_dilated
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -40,11 +63,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None
                          preferred_element_type=None):
     """Drop-in for ``lax.conv_general_dilated`` (the ``conv_general_dilated`` of ``flax.linen.Conv``).
 
-    On CPU, NHWC convolutions with explicit padding, no input dilation, one feature group and more
+    NHWC convolutions with explicit padding, no input dilation, one feature group and more
     than ``SMALL_KERNEL_CHANNELS`` (input x output) channels take the fast kernel gradient;
     everything else is passed to lax as it is.
     """
-    plain = (_on_cpu() and lhs.ndim == 4 and not isinstance(padding, str)
+    plain = (lhs.ndim == 4 and not isinstance(padding, str)
              and all(p >= 0 for pair in padding for p in pair)
              and all(d == 1 for d in (lhs_dilation or (1, 1))) and feature_group_count == 1
              and precision is None and preferred_element_type is None
@@ -115,10 +138,14 @@ def _windows(padded, window, strides, dilation=(1, 1)) -> list:
 
 
 # ----------------------------------------------------------------------------- max pooling
-def max_pool(x, window: int, stride: int, padding=((0, 0), (0, 0))):
-    """Square max pooling of x [B, H, W, C]; ``padding`` ((top, bottom), (left, right)) adds -inf."""
+def max_pool(x, window: int, stride: int, padding=((0, 0), (0, 0)), *, gradients: str = "fast"):
+    """Square max pooling of x [B, H, W, C]; ``padding`` ((top, bottom), (left, right)) adds -inf.
+
+    With ``gradients`` "fast" or "fast_pool" the gradient is this module's rule, else lax's.
+    """
+    check_gradients(gradients)
     padding = tuple(tuple(p) for p in padding)
-    if _on_cpu():
+    if gradients != "xla":
         return _max_pool_cpu(x, window, stride, padding)
     pads = ((0, 0), *padding, (0, 0))
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)

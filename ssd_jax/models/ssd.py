@@ -31,11 +31,15 @@ class SSD(nn.Module):
     base and the extra layers; ``train`` selects batch statistics (and updates the running ones,
     collection 'batch_stats'). ``ssd_jax.models.fold_batch_norm`` turns its variables into the
     parameters of the plain model, which is what ``detect`` and the checkpoints use.
+
+    ``gradients`` picks the gradient rules of the convolutions and poolings: "xla" (lax's), or
+    the rules of ``ssd_jax.models.fast_grads`` that the training step takes on CPU.
     """
 
     config: SSDConfig
     dtype: Any = jnp.float32
     batch_norm: bool = False
+    gradients: str = "xla"
 
     @nn.compact
     def __call__(self, images, train: bool = False):
@@ -49,9 +53,10 @@ class SSD(nn.Module):
 
         conv4_3, x = VGG16Base(widths=cfg.backbone_widths, fc_width=cfg.fc_width, depths=cfg.backbone_depths,
                                l2norm_scale=cfg.l2norm_scale, batch_norm=self.batch_norm, dtype=self.dtype,
-                               name="backbone")(x, train)
+                               gradients=self.gradients, name="backbone")(x, train)
         sources = [conv4_3, x]
-        layer = functools.partial(conv_relu, dtype=self.dtype, norm=self.batch_norm, train=train)
+        layer = functools.partial(conv_relu, dtype=self.dtype, norm=self.batch_norm, train=train,
+                                  gradients=self.gradients)
         for i, extra in enumerate(cfg.extras, start=1):
             x = layer(x, extra.mid, 1, name=f"extra{i}_1")
             x = layer(x, extra.out, extra.kernel, stride=extra.stride, padding=extra.padding, name=f"extra{i}_2")
@@ -59,8 +64,9 @@ class SSD(nn.Module):
 
         locations, logits = [], []
         for i, (source, boxes) in enumerate(zip(sources, cfg.boxes_per_location)):
-            loc = conv(boxes * 4, 3, padding=1, name=f"loc_{i}", dtype=self.dtype)(source)
-            cls = conv(boxes * cfg.num_classes, 3, padding=1, name=f"conf_{i}", dtype=self.dtype)(source)
+            loc = conv(boxes * 4, 3, padding=1, name=f"loc_{i}", dtype=self.dtype, gradients=self.gradients)(source)
+            cls = conv(boxes * cfg.num_classes, 3, padding=1, name=f"conf_{i}", dtype=self.dtype,
+                       gradients=self.gradients)(source)
             locations.append(flatten_head(loc, 4))
             logits.append(flatten_head(cls, cfg.num_classes))
         return (jnp.concatenate(locations, axis=1).astype(jnp.float32),

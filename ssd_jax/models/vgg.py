@@ -8,16 +8,16 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ssd_jax.models.fast_grads import conv_general_dilated, max_pool
+from ssd_jax.models.fast_grads import conv_for, max_pool
 
 # Xavier-uniform weights and zero biases, as the reference SSD initialises its new layers.
 kernel_init = nn.initializers.xavier_uniform()
 
 
 def conv(features: int, kernel: int, *, name: str, dtype: Any, stride: int = 1, padding: int = 0,
-         dilation: int = 1) -> nn.Conv:
-    """A square NHWC convolution with explicit symmetric padding (Caffe/PyTorch semantics), with
-    the fast kernel gradient of ``ssd_jax.models.fast_grads`` on CPU."""
+         dilation: int = 1, gradients: str = "xla") -> nn.Conv:
+    """A square NHWC convolution with explicit symmetric padding (Caffe/PyTorch semantics);
+    ``gradients`` picks its gradient rule (``ssd_jax.models.fast_grads``)."""
     return nn.Conv(
         features,
         (kernel, kernel),
@@ -28,16 +28,16 @@ def conv(features: int, kernel: int, *, name: str, dtype: Any, stride: int = 1, 
         bias_init=nn.initializers.zeros,
         dtype=dtype,
         param_dtype=jnp.float32,
-        conv_general_dilated=conv_general_dilated,
+        conv_general_dilated=conv_for(gradients),
         name=name,
     )
 
 
-def max_pool_2x2(x, *, ceil_mode: bool = False):
+def max_pool_2x2(x, *, ceil_mode: bool = False, gradients: str = "xla"):
     """2x2/2 max pool [B, H, W, C] -> [B, H/2, W/2, C]; ceil mode pads the odd edge with -inf."""
     pad_h = x.shape[1] % 2 if ceil_mode else 0
     pad_w = x.shape[2] % 2 if ceil_mode else 0
-    return max_pool(x, 2, 2, ((0, pad_h), (0, pad_w)))
+    return max_pool(x, 2, 2, ((0, pad_h), (0, pad_w)), gradients=gradients)
 
 
 class L2Norm(nn.Module):
@@ -92,6 +92,7 @@ class VGG16Base(nn.Module):
     Pools 1, 2 and 4 are 2x2/2, pool3 rounds up (75 -> 38 for SSD300), pool5 is 3x3/1/pad 1;
     fc6 is a 3x3 conv with dilation 6 and fc7 a 1x1 conv, ReLU after each. ``batch_norm`` adds a
     BatchNorm before each ReLU (training from scratch; see ``ssd_jax.models.batch_norm``).
+    ``gradients`` picks the convolutions' and poolings' gradient rules (``fast_grads``).
     """
 
     widths: tuple[int, ...] = (64, 128, 256, 512, 512)
@@ -100,10 +101,12 @@ class VGG16Base(nn.Module):
     l2norm_scale: float | None = 20.0  # None: conv4_3 is a source as it is
     batch_norm: bool = False
     dtype: Any = jnp.float32
+    gradients: str = "xla"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        layer = functools.partial(conv_relu, dtype=self.dtype, norm=self.batch_norm, train=train)
+        layer = functools.partial(conv_relu, dtype=self.dtype, norm=self.batch_norm, train=train,
+                                  gradients=self.gradients)
         conv4_3 = None
         for block, (depth, width) in enumerate(zip(self.depths, self.widths), start=1):
             for index in range(1, depth + 1):
@@ -111,8 +114,8 @@ class VGG16Base(nn.Module):
             if block == 4:
                 conv4_3 = x if self.l2norm_scale is None else L2Norm(self.l2norm_scale, name="conv4_3_norm")(x)
             if block < 5:
-                x = max_pool_2x2(x, ceil_mode=block == 3)
-        x = max_pool(x, 3, 1, ((1, 1), (1, 1)))  # pool5
+                x = max_pool_2x2(x, ceil_mode=block == 3, gradients=self.gradients)
+        x = max_pool(x, 3, 1, ((1, 1), (1, 1)), gradients=self.gradients)  # pool5
         x = layer(x, self.fc_width, 3, padding=6, dilation=6, name="fc6")
         x = layer(x, self.fc_width, 1, name="fc7")
         return conv4_3, x
