@@ -218,3 +218,93 @@ def test_greedy_nms_is_usable_under_vmap():
     keep = np.asarray(fn(boxes, valid))
     for b in range(boxes.shape[0]):
         np.testing.assert_array_equal(keep[b], ref.greedy_nms(boxes[b], valid[b], 0.45))
+
+
+# ----------------------------------------------------------------------------------------------
+# the shallow, deep and exhaustive stages of batched_nms
+
+
+def ssd_like_inputs(scenario, seed, batch=3, num_priors=400, num_classes=8):
+    """Boxes around a grid of priors and softmax scores: 'dense' (random logits: nearly every
+    class passes 0.01), 'sparse' (background dominates), 'objects' (a few objects, each with many
+    confident overlapping boxes of its class, weak clutter elsewhere: what a trained model gives)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.uniform(0.05, 0.95, (batch, num_priors, 2))
+    sizes = rng.uniform(0.05, 0.4, (batch, num_priors, 2))
+    boxes = np.clip(np.concatenate([centers - sizes / 2, centers + sizes / 2], -1), 0, 1).astype(np.float32)
+    logits = rng.normal(0, 1, (batch, num_priors, num_classes))
+    if scenario == "sparse":
+        logits[..., 0] += 7.0
+    elif scenario == "objects":
+        logits[..., 0] += 4.0
+        for b in range(batch):
+            for _ in range(3):
+                box = clustered_boxes(rng, 1, num_clusters=1, jitter=0.1)[0]
+                overlap = ref.pairwise_iou(boxes[b], box[None])[:, 0]
+                logits[b, :, rng.integers(1, num_classes)] += 12 * overlap
+    scores = np.exp(logits - logits.max(-1, keepdims=True))
+    return boxes, (scores / scores.sum(-1, keepdims=True)).astype(np.float32)
+
+
+STAGED = {"score_threshold": 0.01, "iou_threshold": 0.45, "pre_nms_top_k": 100, "max_detections": 40}
+
+
+@functools.partial(jax.jit, static_argnames=("shallow_depth", "deep_rows"))
+def staged_nms(boxes, scores, shallow_depth, deep_rows):
+    return nms.nms_stages(boxes, scores, shallow_depth=shallow_depth, deep_rows=deep_rows, **STAGED)
+
+
+@pytest.mark.parametrize("scenario", ["dense", "sparse", "objects"])
+def test_every_stage_gives_the_exhaustive_result(scenario):
+    boxes, scores = ssd_like_inputs(scenario, seed=11)
+    exhaustive, stage = staged_nms(boxes, scores, shallow_depth=STAGED["pre_nms_top_k"], deep_rows=0)
+    assert int(stage) == 2
+    assert_detections_match(exhaustive, boxes, scores, **STAGED)  # against the numpy reference
+    stages = set()
+    for depth in (2, 4, 8, 16, 32):
+        for rows in (1, 3, 7):
+            detections, stage = staged_nms(boxes, scores, shallow_depth=depth, deep_rows=rows)
+            stages.add(int(stage))
+            for ours, expected in zip(detections, exhaustive):
+                np.testing.assert_array_equal(ours, expected)
+    # Each stage really ran; a class with many confident boxes is never settled by the shallow stage.
+    assert stages == ({1, 2} if scenario == "objects" else {0, 1, 2}), f"{scenario}: stages seen {stages}"
+
+
+def test_equal_scores_across_the_shallow_cut():
+    """Scores tied at the shallow depth: whichever boxes top_k took, the result is the exhaustive one."""
+    boxes, scores = ssd_like_inputs("dense", seed=12, batch=2)
+    scores[:, :, 1] = 0.0
+    scores[:, :20, 1] = 0.5  # class 1: twenty boxes of equal score, cut at depth 8
+    exhaustive, _ = staged_nms(boxes, scores, shallow_depth=STAGED["pre_nms_top_k"], deep_rows=0)
+    assert_detections_match(exhaustive, boxes, scores, **STAGED)
+    detections, stage = staged_nms(boxes, scores, shallow_depth=8, deep_rows=7)
+    assert int(stage) in (1, 2)
+    for ours, expected in zip(detections, exhaustive):
+        np.testing.assert_array_equal(ours, expected)
+
+
+def test_greedy_nms_over_several_blocks_of_32():
+    rng = np.random.default_rng(13)
+    boxes = clustered_boxes(rng, 3 * 100, num_clusters=6).reshape(3, 100, 4)
+    valid = rng.uniform(size=(3, 100)) < 0.9
+    keep = np.asarray(nms_mask(boxes, valid, iou_threshold=0.45))
+    for b in range(3):
+        assert_clear_of_threshold(boxes[b], 0.45)
+        np.testing.assert_array_equal(keep[b], ref.greedy_nms(boxes[b], valid[b], 0.45))
+
+
+@pytest.mark.parametrize("k", [1, 5, 16, 17, 40, 65])
+def test_top_candidates_narrowed_to_groups_equal_one_top_k(k):
+    rng = np.random.default_rng(14)
+    scores = rng.uniform(size=(2, 3, 1003)).astype(np.float32)  # not a multiple of the group size
+    scores[0, 0, 100:140] = 0.75  # equal scores within and across groups
+    scores[0, 0, :50] = 0.99
+    scores[1, 2] = 0.5  # a row of one value
+    scores[1, 1, -3:] = 2.0  # the best at the padded end
+    one = nms.top_candidates(scores, k, narrow=False)
+    narrowed = jax.jit(functools.partial(nms.top_candidates, k=k, narrow=True))(scores)
+    for a, b in zip(one, narrowed):
+        np.testing.assert_array_equal(a, b)
+    for b, c in [(0, 0), (1, 2), (1, 1)]:  # best first, then the lower index
+        np.testing.assert_array_equal(one[1][b, c], np.lexsort((np.arange(1003), -scores[b, c]))[:k])

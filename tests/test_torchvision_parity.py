@@ -128,3 +128,36 @@ def test_pth_round_trip(tmp_path, models):
     torch.save({"state_dict": model.state_dict()}, path)  # nested, as training scripts save it
     loaded = weights.from_torchvision(weights.load_state_dict(path))
     np.testing.assert_array_equal(loaded["conf_3"]["kernel"], params["conf_3"]["kernel"])
+
+
+@pytest.mark.parametrize("scenario", ["dense", "sparse"])
+def test_batched_nms_keeps_what_torchvision_keeps(scenario):
+    """SSD's post-processing as torchvision's SSD runs it (per class: threshold, top-k, then
+    ``torchvision.ops.batched_nms``) against ``ssd_jax.nms.batched_nms``, on SSD300's priors."""
+    rng = np.random.default_rng(21)
+    prior_boxes = ssd_jax.priors(ssd_jax.configs.ssd300())
+    boxes = np.clip(np.asarray(box_lib.decode(rng.normal(0, 1, (2, *prior_boxes.shape)), prior_boxes)), 0, 1)
+    boxes = boxes.astype(np.float32)
+    logits = rng.normal(0, 1, (2, len(prior_boxes), 21))
+    if scenario == "sparse":
+        logits[..., 0] += 9.0
+    scores = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    scores = scores.astype(np.float32)
+    ours = ssd_jax.nms.batched_nms(boxes, scores, score_threshold=0.01, iou_threshold=0.45, pre_nms_top_k=400,
+                                   max_detections=200)
+    for b in range(2):
+        image_boxes, image_scores = torch.from_numpy(boxes[b]), torch.from_numpy(scores[b])
+        kept_boxes, kept_scores, kept_labels = [], [], []
+        for label in range(1, 21):
+            above = image_scores[:, label] > 0.01
+            class_scores, order = image_scores[above, label].topk(min(400, int(above.sum())))
+            kept_boxes.append(image_boxes[above][order])
+            kept_scores.append(class_scores)
+            kept_labels.append(torch.full_like(order, label))
+        all_boxes, all_scores, all_labels = torch.cat(kept_boxes), torch.cat(kept_scores), torch.cat(kept_labels)
+        keep = torchvision.ops.batched_nms(all_boxes, all_scores, all_labels, 0.45)[:200]
+        n = int(ours.num_detections[b])
+        assert n == len(keep)
+        np.testing.assert_array_equal(np.asarray(ours.classes[b, :n]), all_labels[keep].numpy())
+        np.testing.assert_array_equal(np.asarray(ours.scores[b, :n]), all_scores[keep].numpy())
+        np.testing.assert_array_equal(np.asarray(ours.boxes[b, :n]), all_boxes[keep].numpy())
