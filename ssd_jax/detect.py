@@ -13,7 +13,7 @@ from ssd_jax import boxes as box_lib
 from ssd_jax import configs
 from ssd_jax.configs import SSDConfig
 from ssd_jax.models.ssd import SSD, check_params
-from ssd_jax.nms import Detections, batched_nms
+from ssd_jax.nms import Detections, batched_nms, nms_stages
 from ssd_jax.priors import priors
 
 
@@ -30,21 +30,54 @@ def resize_images(images, size: int):
     return jax.image.resize(images, shape, method="bilinear", antialias=False)
 
 
-def postprocess(locations, logits, config: SSDConfig, **nms_options) -> Detections:
-    """Head outputs [B, P, 4], [B, P, C] -> ``Detections``: softmax, decode, clip, per-class NMS."""
+def postprocess(locations, logits, config: SSDConfig, *, with_stage: bool = False, **nms_options):
+    """Head outputs [B, P, 4], [B, P, C] -> ``Detections``: softmax, decode, clip, per-class NMS.
+
+    ``with_stage``: return (Detections, the stage of ``batched_nms`` that ran) (benchmarks use it).
+    """
     scores = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     boxes = box_lib.decode(locations, jnp.asarray(priors(config)), config.variances, config.decode_clamp)
     if config.clip_boxes:
         boxes = jnp.clip(boxes, 0.0, 1.0)
+    if with_stage:
+        return nms_stages(boxes, scores, **nms_options)
     return batched_nms(boxes, scores, **nms_options)
 
 
+# On an H200 (also seen on an H100), SSD300's float32 network ran at 2,700 images/s at batch 32
+# but 213 at batches 64 and 128; in slices of 32 inside the same program, 2,890 and 2,930.
+# Each convolution alone is as fast per image at batch 64 as at 32, with the same cuDNN
+# algorithm: the slowdown belongs to the whole program (benchmarks/RESULTS.md).
+FLOAT32_GPU_NETWORK_BATCH = 32
+
+
+def default_network_batch(batch: int, dtype) -> int | None:
+    """Slices for the network in ``detect``: 32 images for float32 on a GPU, else the whole batch."""
+    if jnp.dtype(dtype) == jnp.float32 and jax.default_backend() == "gpu" and batch > FLOAT32_GPU_NETWORK_BATCH:
+        return FLOAT32_GPU_NETWORK_BATCH
+    return None
+
+
+def run_network(params, pixels, config: SSDConfig, *, dtype=jnp.float32, network_batch: int | None = None):
+    """pixels [B, S, S, 3] -> (locations [B, P, 4], logits [B, P, C]), ``network_batch`` images
+    at a time if given (``lax.map`` over slices of the batch, the last one padded)."""
+    model = SSD(config, dtype=dtype)
+    batch = pixels.shape[0]
+    if not network_batch or batch <= network_batch:
+        return model.apply({"params": params}, pixels)
+    slices = -(-batch // network_batch)
+    padded = jnp.pad(pixels, ((0, slices * network_batch - batch), (0, 0), (0, 0), (0, 0)))
+    padded = padded.reshape(slices, network_batch, *pixels.shape[1:])
+    locations, logits = jax.lax.map(lambda x: model.apply({"params": params}, x), padded)
+    return (locations.reshape(-1, *locations.shape[2:])[:batch], logits.reshape(-1, *logits.shape[2:])[:batch])
+
+
 @functools.partial(jax.jit, static_argnames=("config", "dtype", "score_threshold", "iou_threshold",
-                                             "pre_nms_top_k", "max_detections"))
+                                             "pre_nms_top_k", "max_detections", "network_batch"))
 def _detect(params, images, *, config, dtype, score_threshold, iou_threshold, pre_nms_top_k,
-            max_detections) -> Detections:
+            max_detections, network_batch) -> Detections:
     pixels = resize_images(images, config.image_size)
-    locations, logits = SSD(config, dtype=dtype).apply({"params": params}, pixels)
+    locations, logits = run_network(params, pixels, config, dtype=dtype, network_batch=network_batch)
     return postprocess(locations, logits, config, score_threshold=score_threshold,
                        iou_threshold=iou_threshold, pre_nms_top_k=pre_nms_top_k,
                        max_detections=max_detections)
@@ -75,6 +108,7 @@ def detect(
     pre_nms_top_k: int = 400,
     max_detections: int = 200,
     dtype: Any = jnp.float32,
+    network_batch: int | None = None,
 ) -> Detections:
     """Detects objects in a batch of images.
 
@@ -85,6 +119,8 @@ def detect(
       config: the model config; defaults to ``configs.ssd300()`` (VOC, 21 classes).
       score_threshold, iou_threshold, pre_nms_top_k, max_detections: SSD's post-processing.
       dtype: compute dtype of the network, e.g. ``jnp.bfloat16`` (parameters stay float32).
+      network_batch: run the network on at most this many images at a time (one program still);
+        None: 32 for float32 on a GPU (larger float32 batches run 13 times slower there), else all.
     Returns:
       ``Detections`` with boxes [B, K, 4] normalised (xmin, ymin, xmax, ymax) of the input image,
       scores [B, K], classes [B, K] (1..C-1) and num_detections [B]; K = max_detections.
@@ -99,6 +135,11 @@ def detect(
                          f"{score_threshold}, {iou_threshold}")
     if pre_nms_top_k < 1 or max_detections < 1:
         raise ValueError(f"pre_nms_top_k and max_detections must be >= 1, got {pre_nms_top_k}, {max_detections}")
+    if network_batch is not None and network_batch < 1:
+        raise ValueError(f"network_batch must be None or >= 1, got {network_batch}")
+    if network_batch is None:
+        network_batch = default_network_batch(np.shape(images)[0], dtype)
     return _detect(params, images, config=config, dtype=jnp.dtype(dtype),
                    score_threshold=float(score_threshold), iou_threshold=float(iou_threshold),
-                   pre_nms_top_k=int(pre_nms_top_k), max_detections=int(max_detections))
+                   pre_nms_top_k=int(pre_nms_top_k), max_detections=int(max_detections),
+                   network_batch=None if network_batch is None else int(network_batch))

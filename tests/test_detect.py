@@ -129,3 +129,16 @@ def test_bfloat16_detect_runs_and_agrees_with_float32(params):
     np.testing.assert_allclose(f32.scores[:, 0], bf16.scores[:, 0], atol=0.05)
     iou = np.asarray(ssd_jax.boxes.pairwise_iou(f32.boxes[:, :1], bf16.boxes[:, :1]))
     assert np.all(iou > 0.8)
+
+
+def test_network_in_slices_gives_the_same_detections(params):
+    pixels = images(batch=5)
+    whole = ssd_jax.detect(params, pixels, config=CONFIG, network_batch=5)
+    sliced = ssd_jax.detect(params, pixels, config=CONFIG, network_batch=2)  # slices of 2, 2 and 1 (padded)
+    for a, b in zip(whole, sliced):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="network_batch"):
+        ssd_jax.detect(params, pixels, config=CONFIG, network_batch=0)
+    from ssd_jax.detect import default_network_batch
+
+    assert default_network_batch(64, jnp.float32) is None  # slices only for float32 on a GPU
