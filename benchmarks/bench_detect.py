@@ -23,35 +23,40 @@ from absl import app, flags, logging
 
 import ssd_jax
 from ssd_jax import configs
-from ssd_jax.detect import postprocess, resize_images
-from ssd_jax.models import SSD
+from ssd_jax.detect import default_network_batch, postprocess, resize_images, run_network
 
 MODELS = flags.DEFINE_list("models", ["ssd300", "ssd512"], "Model presets of ssd_jax.configs.")
 BATCHES = flags.DEFINE_list("batches", ["1", "8"], "Batch sizes.")
 DTYPES = flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes (float32, bfloat16).")
 REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per setting (median reported), after one warm-up.")
 OUT = flags.DEFINE_string("out", "benchmarks/results/bench_detect.json", "JSON to write.")
+NETWORK_BATCH = flags.DEFINE_list("network_batch", ["auto"], "detect's network_batch values: auto (detect's "
+                                  "default), 0 (the whole batch at once) or a slice size.")
 
-COLUMNS = [("model", "model"), ("batch", "batch"), ("dtype", "dtype"), ("images_per_s", "detect images/s"),
-           ("detect_ms", "detect ms"), ("forward_ms", "network ms"), ("postprocess_ms", "decode+NMS ms"),
+COLUMNS = [("model", "model"), ("batch", "batch"), ("dtype", "dtype"), ("network_batch", "network batch"),
+           ("images_per_s", "detect images/s"), ("detect_ms", "detect ms"), ("forward_ms", "network ms"),
+           ("postprocess_ms", "decode+NMS ms"), ("postprocess_share", "decode+NMS share"), ("nms_stage", "NMS stage"),
            ("first_call_s", "first call s"), ("gflop_per_image", "GFLOP/image"), ("tflops", "TFLOP/s"),
            ("peak_fraction", "of peak")]
 
 
-def measure(model: str, batch_size: int, dtype_name: str, peak: dict) -> dict:
+def measure(model: str, batch_size: int, dtype_name: str, peak: dict, network_batch: str) -> dict:
     config = configs.get(model)
     dtype = benchlib.dtype_of(dtype_name)
+    network_batch = default_network_batch(batch_size, dtype) if network_batch == "auto" else int(network_batch)
     params = ssd_jax.init(jax.random.key(0), config)
     size = config.image_size
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8))
 
-    network_fn = jax.jit(lambda p, x: SSD(config, dtype=dtype).apply({"params": p}, resize_images(x, size)))
+    network_fn = jax.jit(lambda p, x: run_network(p, resize_images(x, size), config, dtype=dtype,
+                                                  network_batch=network_batch or None))
     network, _ = benchlib.compile_timed(network_fn, params, images)
     locations, logits = network(params, images)
     post, _ = benchlib.compile_timed(jax.jit(lambda loc, cls: postprocess(loc, cls, config)), locations, logits)
+    stage_fn = jax.jit(lambda loc, cls: postprocess(loc, cls, config, with_stage=True)[1])
 
     def run_detect():
-        return ssd_jax.detect(params, images, config=config, dtype=dtype)
+        return ssd_jax.detect(params, images, config=config, dtype=dtype, network_batch=network_batch or batch_size)
 
     start = time.perf_counter()
     jax.block_until_ready(run_detect())  # the first call compiles the whole program, then runs it
@@ -60,9 +65,12 @@ def measure(model: str, batch_size: int, dtype_name: str, peak: dict) -> dict:
     detect_s = benchlib.seconds_per_call(run_detect, repeats=REPEATS.value)
     forward_s = benchlib.seconds_per_call(lambda: network(params, images), repeats=REPEATS.value)
     post_s = benchlib.seconds_per_call(lambda: post(locations, logits), repeats=REPEATS.value)
-    flops = benchlib.flops_of(network_fn, params, images)
-    row = {"model": model, "batch": batch_size, "dtype": dtype_name, "images_per_s": batch_size / detect_s,
-           "detect_ms": detect_s * 1e3, "forward_ms": forward_s * 1e3, "postprocess_ms": post_s * 1e3,
+    whole = jax.jit(lambda p, x: run_network(p, resize_images(x, size), config, dtype=dtype))  # lax.map: one slice
+    flops = benchlib.flops_of(whole, params, images)
+    row = {"model": model, "batch": batch_size, "dtype": dtype_name, "network_batch": network_batch or batch_size,
+           "images_per_s": batch_size / detect_s, "detect_ms": detect_s * 1e3, "forward_ms": forward_s * 1e3,
+           "postprocess_ms": post_s * 1e3, "postprocess_share": post_s / detect_s,
+           "nms_stage": ("shallow", "deep", "exhaustive")[int(stage_fn(locations, logits))],
            "first_call_s": first_call_s}
     if flops:
         achieved = flops / forward_s
@@ -75,8 +83,15 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     peaks = {name: benchlib.measured_peak(benchlib.dtype_of(name)) for name in DTYPES.value}
-    rows = [measure(model, int(batch), dtype, peaks[dtype]) for model in MODELS.value
-            for batch in BATCHES.value for dtype in DTYPES.value]
+    def differs(batch: int, dtype: str, network_batch: str) -> bool:  # from auto, when both are asked for
+        if network_batch == "auto" or "auto" not in NETWORK_BATCH.value:
+            return network_batch == "auto" or int(network_batch) < batch
+        auto = default_network_batch(batch, benchlib.dtype_of(dtype)) or batch
+        return int(network_batch) < batch and int(network_batch) != auto or (int(network_batch) == 0 and auto < batch)
+
+    rows = [measure(model, int(batch), dtype, peaks[dtype], network_batch) for model in MODELS.value
+            for batch in BATCHES.value for dtype in DTYPES.value for network_batch in NETWORK_BATCH.value
+            if differs(int(batch), dtype, network_batch)]
     print(f"\ndetect, {benchlib.machine()}, jax {jax.__version__}\n")
     print(benchlib.markdown_table(rows, COLUMNS))
     print("\nmeasured peak, TFLOP/s: " + ", ".join(

@@ -2,6 +2,7 @@
 
   python benchmarks/bench_train.py                                  # ssd_tiny and ssd300, float32, batch 8
   python benchmarks/bench_train.py --models=ssd300 --batches=8,32,64 --dtypes=float32,bfloat16
+  python benchmarks/bench_train.py --models=ssd300 --frozen_blocks=0,2 --gradients=xla,fast_pool --profile
 
 Batches are synthetic (random pixels and boxes, generated once) so that only the jitted step is
 timed; the first step (compilation included) is reported apart. Prints a markdown table and writes JSON.
@@ -22,6 +23,10 @@ MODELS = flags.DEFINE_list("models", ["ssd_tiny", "ssd300"], "Model presets.")
 BATCHES = flags.DEFINE_list("batches", ["8"], "Global batch sizes.")
 DTYPES = flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes (float32, bfloat16).")
 STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per setting (after one compiling step and one warm-up).")
+FROZEN = flags.DEFINE_list("frozen_blocks", ["0"], "Leading VGG blocks frozen (0: all trainable; 2: the paper's "
+                           "recipe with an ImageNet backbone).")
+GRADIENTS = flags.DEFINE_list("gradients", ["auto"], "Gradient rules of the model (auto, xla, fast, fast_pool).")
+PROFILE = flags.DEFINE_bool("profile", False, "Also print the device time of the 25 costliest XLA ops of each setting.")
 OUT = flags.DEFINE_string("out", "benchmarks/results/bench_train.json", "JSON to write.")
 
 
@@ -36,12 +41,14 @@ def synthetic_batch(batch_size: int, image_size: int, num_classes: int, max_boxe
             "mask": mask}
 
 
-def measure(model: str, batch_size: int, dtype: str) -> dict:
+def measure(model: str, batch_size: int, dtype: str, frozen: int, gradients: str) -> dict:
     model_config = configs.get(model)
     config = train.default_config()
+    config.frozen_blocks = frozen
     mesh = train.data_mesh()
     optimizer, schedule = train.make_optimizer(config), train.learning_rate_schedule(config)
-    step = train.jit_train_step(model_config, optimizer, schedule, mesh, jax.numpy.dtype(dtype))
+    step = train.jit_train_step(model_config, optimizer, schedule, mesh, jax.numpy.dtype(dtype), frozen=frozen,
+                                gradients=gradients)
     from ssd_jax.models import init
 
     state = train.replicate(train.create_train_state(init(jax.random.key(0), model_config), optimizer), mesh)
@@ -59,18 +66,33 @@ def measure(model: str, batch_size: int, dtype: str) -> dict:
         state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / STEPS.value
-    return {"model": model, "batch": batch_size, "dtype": dtype, "devices": jax.device_count(),
-            "step_ms": round(seconds * 1000, 1), "images_per_s": round(batch_size / seconds, 2),
-            "first_step_s": round(first_step_seconds, 1)}
+    row = {"model": model, "batch": batch_size, "dtype": dtype, "frozen_blocks": frozen, "gradients": gradients,
+           "devices": jax.device_count(), "step_ms": round(seconds * 1000, 1),
+           "images_per_s": round(batch_size / seconds, 2), "first_step_s": round(first_step_seconds, 1)}
+    if PROFILE.value:
+        holder = [state]
+
+        def one_step():
+            holder[0], metrics = step(holder[0], batch)
+            return metrics
+
+        ops = benchlib.device_time_by_op(one_step)
+        print(f"\n{model} batch {batch_size} {dtype} frozen {frozen} gradients {gradients}: device time by op")
+        print(benchlib.markdown_table(ops, [("op", "op"), ("ms_per_call", "ms"), ("share", "share"),
+                                            ("count", "calls"), ("hlo", "HLO")]))
+        row["profile"] = ops
+    return row
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    rows = [measure(model, int(batch), dtype) for model in MODELS.value for batch in BATCHES.value
-            for dtype in DTYPES.value]
+    rows = [measure(model, int(batch), dtype, int(frozen), gradients) for model in MODELS.value
+            for batch in BATCHES.value for dtype in DTYPES.value for frozen in FROZEN.value
+            for gradients in GRADIENTS.value]
     print(f"\ntrain step, {benchlib.machine()}, jax {jax.__version__}\n")
     print(benchlib.markdown_table(rows, [("model", "model"), ("batch", "batch"), ("dtype", "dtype"),
+                                         ("frozen_blocks", "frozen blocks"), ("gradients", "gradients"),
                                          ("step_ms", "step ms"), ("images_per_s", "images/s"),
                                          ("first_step_s", "first step s")]))
     benchlib.write_json(OUT.value, {"benchmark": "train_step", "rows": rows})

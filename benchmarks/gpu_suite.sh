@@ -1,48 +1,71 @@
 #!/usr/bin/env bash
-# The GPU figures of benchmarks/RESULTS.md, in one go: bash benchmarks/gpu_suite.sh [part] [out_dir]
+# The GPU figures of benchmarks/RESULTS.md, in one go (about 8 minutes on an H200):
+#   bash benchmarks/gpu_suite.sh [parts] [out_dir]
 #
-#   part: "throughput" (detect and train-step images/s, float32 and bfloat16), "compare" (against
-#   torchvision on the same GPU, NMS, and the float32-safe tests on the GPU), or "all" (default).
-# Each benchmark's table goes to stdout and its JSON and log to out_dir (default benchmarks/results).
-# Needs a CUDA build of jax (and of torch for "compare") in the current Python environment.
+#   parts: comma-separated, default "detect,train,nms,tests,diagnose":
+#     detect    detect images/s and the decode+NMS share: SSD300 with 21 and 91 classes, batch 32 to
+#               128, bfloat16; float32 at batch 32 to 128 (detect's default slices of 32), and at
+#               batch 64 without slices (the float32 slowdown)
+#     train     the SSD300 train step, bfloat16, batch 32: all layers trained or the paper's frozen
+#               conv1-conv2, XLA's pooling gradient or fast_grads' (with a profile by XLA op)
+#     nms       batched_nms against torchvision's on the same GPU, 21 and 91 classes
+#     tests     the NMS tests (kept sets against the exhaustive procedure and torchvision)
+#     diagnose  the float32 network at batch 64 under two XLA flags
+#     layers    each convolution alone at batch 32 and 64, with its cuDNN algorithm (not in the default)
+# Each part's table goes to stdout and its JSON and log to out_dir (default benchmarks/results).
+# Needs a CUDA build of jax (and of torch for "nms" and "tests") in the current Python environment.
 set -u -o pipefail
-part=${1:-all}
+parts=${1:-detect,train,nms,tests,diagnose}
 out=${2:-benchmarks/results}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+suite_start=$SECONDS
 
 step() {  # step NAME COMMAND...: runs one benchmark, its output to the screen and to out/NAME.log
   local name=$1; shift
   echo "=== $name: $*"
   local start=$SECONDS
   "$@" 2>&1 | grep -v "^I0000\|^W0000" | tee "$out/$name.log"
-  echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
+  echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s (suite at $((SECONDS - suite_start)) s)"
 }
+has() { [[ ",$parts," == *",$1,"* ]]; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
+python3 -c "import jax, jaxlib, flax, optax; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
 
-if [[ $part == all || $part == throughput ]]; then
-  step detect300 python3 benchmarks/bench_detect.py --models=ssd300 --batches=1,8,32,64 \
-    --dtypes=float32,bfloat16 --out="$out/bench_detect_ssd300.json"
-  step detect512 python3 benchmarks/bench_detect.py --models=ssd512 --batches=8,32 \
-    --dtypes=float32,bfloat16 --out="$out/bench_detect_ssd512.json"
-  step train300 python3 benchmarks/bench_train.py --models=ssd300 --batches=8,32 --steps=10 \
-    --dtypes=float32,bfloat16 --out="$out/bench_train_ssd300.json"
-  step train_tiny python3 benchmarks/bench_train.py --models=ssd_tiny --batches=32,256 --steps=20 \
-    --dtypes=float32,bfloat16 --out="$out/bench_train_tiny.json"
+if has detect; then
+  step detect_bf16 python3 benchmarks/bench_detect.py --models=ssd300,ssd300_torchvision --batches=32,64,128 \
+    --dtypes=bfloat16 --repeats=5 --out="$out/bench_detect_bf16.json"
+  step detect_f32 python3 benchmarks/bench_detect.py --models=ssd300 --batches=32,64,128 --dtypes=float32 \
+    --network_batch=auto,0 --repeats=3 --out="$out/bench_detect_f32.json"
 fi
 
-if [[ $part == all || $part == compare ]]; then
-  export XLA_PYTHON_CLIENT_PREALLOCATE=false  # torch and JAX share the GPU in the comparisons
-  step compare_f32 python3 benchmarks/compare_torchvision.py --batch=32 --train_batch=32 --repeats=10 \
-    --out="$out/compare_torchvision_f32.json"
-  step compare_bf16 python3 benchmarks/compare_torchvision.py --batch=32 --train_batch=32 --repeats=10 \
-    --dtype=bfloat16 --out="$out/compare_torchvision_bf16.json"
-  step nms python3 benchmarks/bench_nms.py --batch=32 --out="$out/bench_nms.json"
-  # Tests that need neither TensorFlow nor CPU-only code, at float32 matmul precision (a GPU's
-  # default float32 convolution rounds its inputs to TF32, outside the parity tolerances).
-  JAX_DEFAULT_MATMUL_PRECISION=highest step tests python3 -m pytest -q -p no:cacheprovider \
-    tests/test_boxes.py tests/test_matching.py tests/test_losses.py tests/test_nms.py \
-    tests/test_torchvision_parity.py
+if has train; then
+  step train python3 benchmarks/bench_train.py --models=ssd300 --batches=32 --dtypes=bfloat16 --steps=10 \
+    --frozen_blocks=0,2 --gradients=xla,fast_pool --profile --out="$out/bench_train.json"
 fi
+
+if has nms || has tests; then
+  export XLA_PYTHON_CLIENT_PREALLOCATE=false  # torch and JAX share the GPU
+fi
+if has nms; then
+  step nms python3 benchmarks/bench_nms.py --batch=32 --classes=21,91 --repeats=5 --out="$out/bench_nms.json"
+fi
+if has tests; then
+  # float32 at full precision: TF32 rounding would move boxes across the IoU threshold.
+  step tests env JAX_DEFAULT_MATMUL_PRECISION=highest python3 -m pytest -q -p no:cacheprovider \
+    tests/test_nms.py tests/test_torchvision_parity.py \
+    -k "stage or narrowed or blocks or keeps_what_torchvision"
+fi
+
+if has layers; then
+  step layers python3 benchmarks/diagnose_float32.py --parts=layers --batches=32,64 --out="$out/diagnose_layers.json"
+fi
+if has diagnose; then
+  for flag in --xla_gpu_autotune_level=0 --xla_gpu_redzone_scratch_max_megabytes=32768; do
+    (( SECONDS - suite_start < 420 )) || break  # the suite stays within 8 minutes
+    step "diagnose_${flag#--}" env XLA_FLAGS=$flag python3 benchmarks/diagnose_float32.py --parts=network \
+      --batches=64 --repeats=5 --out="$out/diagnose_${flag#--}.json"
+  done
+fi
+echo "=== suite: $((SECONDS - suite_start)) s"
