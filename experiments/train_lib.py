@@ -1,4 +1,5 @@
-"""Shared command line of the training scripts: flags, device checks, multi-host start-up."""
+"""Shared command line of the training scripts: flags, device checks, multi-host start-up, and
+the run itself with its one-line errors and exit codes."""
 
 from __future__ import annotations
 
@@ -16,13 +17,45 @@ NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number 
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-host with the cluster's own discovery (TPU pods, "
                                 "SLURM, ...): jax.distributed.initialize() without arguments.")
+SHOW_CONFIG = flags.DEFINE_bool("show_config", False, "Print the training config (every field, after the "
+                                "--config.FIELD overrides) and exit.")
 
 
 def define_config_flag(default_file: str):
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
     return config_flags.DEFINE_config_file("config", os.path.join(here, default_file),
                                            "Training config file (get_config()); override fields with "
-                                           "--config.FIELD=VALUE.")
+                                           "--config.FIELD=VALUE; --show_config lists the fields.")
+
+
+def run(config, workdir: str, *, after_training=None) -> None:
+    """Trains ``config`` in ``workdir`` as a command-line user expects: errors in one line with
+    exit code 1 (2 for a bad config), an interruption exits 128 + signal after saying how to
+    resume, and the summary lists only files that exist. ``after_training(config, workdir)``
+    may draw more pictures; it returns their names."""
+    if SHOW_CONFIG.value:
+        print(config)
+        sys.exit(0)
+    start_jax(ACCEL.value)
+    from ssd_jax import train
+    from ssd_jax.data import DatasetNotPreparedError
+
+    try:
+        last = train.train_and_evaluate(config, workdir)
+    except train.ConfigError as error:
+        print(f"error: {error}\n(--show_config prints every field)", file=sys.stderr)
+        sys.exit(2)
+    except train.TrainingInterrupted as interruption:
+        print(interruption, file=sys.stderr)
+        sys.exit(interruption.exit_code)
+    except (DatasetNotPreparedError, *train.USER_ERRORS) as error:
+        sys.exit(f"error: {error}")
+    if after_training is not None:
+        after_training(config, workdir)
+    shown = {k: float(f"{v:.4g}") for k, v in last.items() if "/" not in k or k.startswith("loss")}
+    written = [name for name in ("training_curve.png", "class_ap.png", "detections.png", "metrics.jsonl",
+                                 "tensorboard", "params") if os.path.exists(os.path.join(workdir, name))]
+    print(f"done: {shown}\nworkdir {workdir}: {', '.join(written)}")
 
 
 def start_jax(accel: str):

@@ -5,13 +5,14 @@ r"""Trains SSD300 on VOC07+12 (the paper's recipe), or ssd_tiny on the built-in 
   python experiments/train_voc.py --accel=gpu --workdir=runs/voc --config.init_backbone=ckpt/vgg16 \
       --config.compute_dtype=bfloat16
 
-Checkpoints every config.checkpoint_every steps (and on SIGTERM/SIGINT); running the same
-command again resumes where it stopped. TensorBoard: tensorboard --logdir WORKDIR/tensorboard.
+Checkpoints every config.checkpoint_every steps (and on SIGTERM/SIGINT, then exits with 130 or
+143); running the same command again resumes where it stopped. A workdir holds one run: a
+command whose config differs from it (other than in num_steps, intervals or data_dir) stops
+before writing anything. TensorBoard: tensorboard --logdir WORKDIR/tensorboard.
+--show_config prints the config's fields.
 """
 
 from __future__ import annotations
-
-import sys
 
 import train_lib
 from absl import app, flags, logging
@@ -19,15 +20,12 @@ from absl import app, flags, logging
 DATASET = flags.DEFINE_enum("dataset", "voc", ["voc", "shapes", "shapes_tiny"],
                             "'voc' (the config's recipe) or the built-in 'shapes' with the shapes_tiny config.")
 CONFIG = train_lib.define_config_flag("voc_ssd300.py")
+flags.adopt_module_key_flags(train_lib)  # --help lists --accel, --workdir, --config, ... here
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    train_lib.start_jax(train_lib.ACCEL.value)
-    from ssd_jax import train
-    from ssd_jax.data import DatasetNotPreparedError
-
     config = CONFIG.value
     if DATASET.value != "voc" and config.dataset == "voc":  # --dataset=shapes without a --config file
         import configs.shapes_tiny as shapes_tiny
@@ -38,21 +36,16 @@ def main(argv):
         # The --config.FIELD=VALUE overrides were applied to the default file's config: apply them here.
         config.update_from_flattened_dict(config_flags.get_override_values(flags.FLAGS["config"]))
     workdir = train_lib.WORKDIR.value or f"runs/{config.dataset}_{config.model}"
-    try:
-        last = train.train_and_evaluate(config, workdir)
-    except (DatasetNotPreparedError, train.NonFiniteLossError) as error:
-        sys.exit(f"error: {error}")
-    shown = {k: float(f"{v:.4g}") for k, v in last.items() if "/" not in k or k.startswith("loss")}
-    pictures = "training_curve.png, class_ap.png"
-    if config.eval_every:
-        draw_test_detections(config, workdir)
-        pictures += ", detections.png"
-    print(f"done: {shown}\nworkdir {workdir}: {pictures}, metrics.jsonl, tensorboard/, params/")
+    train_lib.run(config, workdir, after_training=draw_test_detections)
 
 
 def draw_test_detections(config, workdir: str, count: int = 12) -> None:
-    """Draws the trained model's detections on the first test images -> WORKDIR/detections.png."""
+    """Draws the trained model's detections on the first test images -> WORKDIR/detections.png
+    (only when the run evaluates: a test split is then known to be there)."""
     import os
+
+    if not config.eval_every:
+        return
 
     import ssd_jax
     from ssd_jax import checkpoint, visualize

@@ -1,4 +1,11 @@
-"""ssd_jax: SSD, the Single Shot MultiBox Detector, in JAX."""
+"""ssd_jax: SSD, the Single Shot MultiBox Detector, in JAX.
+
+The core (configs, boxes, priors, matching, losses, NMS, the model, ``detect``) is imported with
+the package; the other submodules load on first use (``ssd_jax.checkpoint.load_params(...)``
+works after a bare ``import ssd_jax``), so that importing ssd_jax never imports TensorFlow.
+"""
+
+import importlib
 
 from ssd_jax import boxes, configs, losses, matching, nms
 from ssd_jax.configs import SSDConfig
@@ -8,6 +15,23 @@ from ssd_jax.nms import Detections
 from ssd_jax.priors import priors
 
 __version__ = "0.1.0"
+
+# Loaded on first attribute access: some import TensorFlow (data, train) or orbax (checkpoint).
+_LAZY_SUBMODULES = ("checkpoint", "classes", "data", "evaluation", "image_io", "models", "train", "visualize",
+                    "weights", "workdir")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        module = importlib.import_module(f"ssd_jax.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'ssd_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
 
 __all__ = [
     "SSD",

@@ -1,15 +1,17 @@
-"""The one place that talks to orbax: parameter checkpoints with their config.
+"""The one place that talks to orbax: parameter checkpoints with their config, training checkpoints.
 
 A parameter checkpoint is a directory with ``config.json`` (the ``SSDConfig``, or other metadata)
-and ``params/`` (an orbax PyTree checkpoint). orbax writes ``params/`` to a temporary name and
-renames it when complete, and ``config.json`` is replaced atomically, so an interrupted save
-never leaves a checkpoint that loads.
+and ``params/`` (an orbax PyTree checkpoint). A save writes the whole new checkpoint beside the
+old one (``DIR.partial``) and then swaps the two by renames; a save killed at any point leaves
+the old or the new checkpoint complete, and the next load puts a complete one back in place.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 
 import jax
 import numpy as np
@@ -24,6 +26,14 @@ CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 
 
+PARTIAL_SUFFIX = ".partial"  # a new checkpoint being written beside the old one
+PREVIOUS_SUFFIX = ".previous"  # the old checkpoint while the new one takes its name
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint: the message names the directory and what to do."""
+
+
 def _write_json_atomically(path: str, payload: dict) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
@@ -31,33 +41,71 @@ def _write_json_atomically(path: str, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def _is_complete(directory: str) -> bool:
+    return os.path.isfile(os.path.join(directory, CONFIG_FILE)) and os.path.isdir(os.path.join(directory, PARAMS_DIR))
+
+
+def _recover(directory: str) -> None:
+    """Finishes a parameter save that was killed between its renames: the new checkpoint if it is
+    complete, else the old one, takes ``directory``'s name again; leftovers are removed."""
+    partial, previous = directory + PARTIAL_SUFFIX, directory + PREVIOUS_SUFFIX
+    if not os.path.exists(directory):
+        for candidate in (partial, previous):
+            if _is_complete(candidate):
+                os.replace(candidate, directory)
+                logging.warning("%s: recovered the checkpoint of an interrupted save from %s", directory, candidate)
+                break
+    if _is_complete(directory):
+        for leftover in (partial, previous):
+            if os.path.exists(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
 def save_params(directory: str | os.PathLike, params, config: SSDConfig | None = None, *,
                 metadata: dict | None = None, overwrite: bool = False) -> str:
-    """Writes ``params`` (and ``config`` or free-form ``metadata``) to ``directory``; returns it."""
+    """Writes ``params`` (and ``config`` or free-form ``metadata``) to ``directory``; returns it.
+
+    With ``overwrite`` an existing checkpoint is replaced only once the new one is complete.
+    """
     directory = os.path.abspath(os.fspath(directory))
-    params_dir = os.path.join(directory, PARAMS_DIR)
-    if os.path.exists(params_dir) and not overwrite:
+    _recover(directory)
+    if os.path.exists(os.path.join(directory, PARAMS_DIR)) and not overwrite:
         raise FileExistsError(f"{directory} already holds a checkpoint; pass overwrite=True to replace it")
-    os.makedirs(directory, exist_ok=True)
+    partial = directory + PARTIAL_SUFFIX
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
     payload = {"config": configs.to_dict(config) if config is not None else None, **(metadata or {})}
-    _write_json_atomically(os.path.join(directory, CONFIG_FILE), payload)
     params = jax.tree.map(np.asarray, params)
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(params_dir, params, force=overwrite)
+        checkpointer.save(os.path.join(partial, PARAMS_DIR), params)
         checkpointer.wait_until_finished()
+    _write_json_atomically(os.path.join(partial, CONFIG_FILE), payload)  # last: marks the new one complete
+    if os.path.exists(directory):
+        previous = directory + PREVIOUS_SUFFIX
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(directory, previous)
+        os.replace(partial, directory)
+        shutil.rmtree(previous, ignore_errors=True)
+    else:
+        os.replace(partial, directory)
     return directory
 
 
 def load_metadata(directory: str | os.PathLike) -> dict:
     """The ``config.json`` payload of a parameter checkpoint."""
     directory = os.path.abspath(os.fspath(directory))
+    _recover(directory)
     config_path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.isdir(os.path.join(directory, PARAMS_DIR)) or not os.path.isfile(config_path):
+    if not _is_complete(directory):
         raise FileNotFoundError(
             f"{directory} is not a complete ssd_jax parameter checkpoint (needs {CONFIG_FILE} and "
             f"{PARAMS_DIR}/); write one with experiments/convert_weights.py or training")
-    with open(config_path) as f:
-        return json.load(f)
+    try:
+        with open(config_path) as f:
+            return json.load(f)
+    except ValueError as error:
+        raise ValueError(f"{config_path} is not valid JSON ({error}): the checkpoint's config is damaged; "
+                         f"convert or train the checkpoint again") from error
 
 
 def load_params(directory: str | os.PathLike, config: SSDConfig | None = None) -> tuple[dict, SSDConfig]:
@@ -70,13 +118,19 @@ def load_params(directory: str | os.PathLike, config: SSDConfig | None = None) -
     if config is None:
         if stored is None:
             raise ValueError(f"{directory} stores no model config; pass config=...")
-        config = configs.from_dict(stored)
+        try:
+            config = configs.from_dict(stored)
+        except (TypeError, ValueError, KeyError) as error:
+            raise ValueError(f"{os.path.join(directory, CONFIG_FILE)} holds no valid model config ({error})") from error
     target = param_shapes(config)
     with ocp.StandardCheckpointer() as checkpointer:
         try:
             params = checkpointer.restore(os.path.join(directory, PARAMS_DIR), target)
         except (ValueError, KeyError) as error:
             raise ValueError(f"the checkpoint in {directory} does not fit config {config.name!r}: {error}") from error
+        except Exception as error:  # noqa: BLE001 - orbax/tensorstore raise many kinds for damaged files
+            raise ValueError(f"the parameters in {os.path.join(directory, PARAMS_DIR)} do not load; the files are "
+                             f"damaged ({type(error).__name__}: {error})") from error
     check_params(params, config)  # orbax restores the stored shapes whatever the target says
     return params, config
 
@@ -94,15 +148,19 @@ class TrainCheckpoints:
     for the last ``keep`` saves, written asynchronously by orbax's ``CheckpointManager``.
 
     orbax writes each step under a temporary name and renames it when complete, so an
-    interrupted save is never listed; a checkpoint that fails to restore (corrupt files) is
-    skipped with a warning in favour of the one before it.
+    interrupted save is never listed. A checkpoint that fails to restore (damaged files) is set
+    aside as ``<step>.unreadable-<time>`` with a warning naming it, and the one before is tried.
     """
 
     def __init__(self, directory: str | os.PathLike, *, keep: int = 3, asynchronous: bool = True):
         self.directory = os.path.abspath(os.fspath(directory))
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                               enable_async_checkpointing=asynchronous)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.keep, self.asynchronous = keep, asynchronous
+        self.manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True,
+                                               enable_async_checkpointing=self.asynchronous)
+        return ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, state, metadata: dict, *, wait: bool = False) -> None:
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -114,24 +172,40 @@ class TrainCheckpoints:
         return sorted(self.manager.all_steps())
 
     def restore_latest(self, abstract_state) -> tuple[object, dict] | None:
-        """(state, metadata) of the newest checkpoint that restores, or None if there is none.
+        """(state, metadata) of the newest checkpoint that restores; None if there is none at all.
 
         ``abstract_state``: the state's structure with ``jax.ShapeDtypeStruct`` leaves (with
-        shardings, to restore straight onto the devices).
+        shardings, to restore straight onto the devices). Raises ``CheckpointError`` when there
+        are checkpoints but none restores.
         """
+        set_aside = []
         for step in reversed(self.steps()):
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-            except Exception as error:  # noqa: BLE001 - any unreadable checkpoint: fall back
-                logging.warning("checkpoint %d in %s does not restore (%s); trying an older one",
-                                step, self.directory, error)
+            except Exception as error:  # noqa: BLE001 - any unreadable checkpoint: set aside, try an older one
+                set_aside.append(self._set_aside(step, error))
                 continue
+            if set_aside:
+                self.manager.close()
+                self.manager = self._open()  # forget the steps set aside: the next save may take their number
             return restored.state, restored.meta
+        if set_aside:
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} restores (set aside: {', '.join(set_aside)}). Train in another "
+                f"--workdir, or delete {self.directory} to start this run again from step 0")
         return None
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
+    def _set_aside(self, step: int, error: Exception) -> str:
+        path = os.path.join(self.directory, str(step))
+        target = f"{path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+        if jax.process_index() == 0 and os.path.exists(path):
+            os.replace(path, target)
+        message = (f"checkpoint {step} in {self.directory} does not restore ({type(error).__name__}: "
+                   f"{str(error)[:300]}); set aside as {os.path.basename(target)}, trying an older one")
+        logging.warning(message)
+        print(f"warning: {message}")
+        return os.path.basename(target)
 
     def close(self) -> None:
         self.manager.wait_until_finished()

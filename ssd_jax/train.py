@@ -10,7 +10,6 @@ guard, TensorBoard scalars and periodic evaluation.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import signal
@@ -29,7 +28,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ssd_jax import configs, weights
-from ssd_jax.checkpoint import TrainCheckpoints, load_tree, save_params
+from ssd_jax import workdir as workdir_lib
+from ssd_jax.checkpoint import CheckpointError, TrainCheckpoints, load_tree, save_params
 from ssd_jax.configs import SSDConfig
 from ssd_jax.losses import multibox_loss
 from ssd_jax.matching import match_batch
@@ -40,7 +40,29 @@ from ssd_jax.priors import priors
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss (or gradient) became NaN or infinite; the message names the step."""
+    """The loss, gradient or parameters became NaN or infinite; the message names the step."""
+
+
+class ConfigError(ValueError):
+    """The training config has invalid fields; the message lists every one."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped training after it saved; running the same command resumes."""
+
+    def __init__(self, step: int, signum: int, directory: str):
+        self.step, self.signum, self.directory = step, signum, directory
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name} at step {step}, saved to {directory}; run the same command "
+                         f"to resume")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+# Errors that the training scripts report as one line: the message says what to do.
+USER_ERRORS = (NonFiniteLossError, ConfigError, workdir_lib.WorkdirError, CheckpointError)
 
 
 @flax.struct.dataclass
@@ -95,6 +117,87 @@ def default_config() -> ml_collections.ConfigDict:
     config.eval_every = 10_000  # 0: no evaluation during training
     config.eval_batch_size = 8
     return config
+
+
+# ----------------------------------------------------------------------------- config checks
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def config_problems(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> list[str]:
+    """Every problem of a training config, each naming the field and what it may be; [] if none."""
+    from ssd_jax.data import pipeline
+
+    problems = []
+    known = default_config()
+    for key in config.keys():
+        if key not in known:
+            problems.append(f"{key}: not a training config field (the fields: {', '.join(sorted(known.keys()))})")
+
+    def check(field, ok, allowed):
+        value = config.get(field)
+        try:
+            good = ok(value)
+        except (TypeError, ValueError):
+            good = False
+        if not good:
+            problems.append(f"{field}={value!r}: must be {allowed}")
+
+    def integer(low, high=None):
+        return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
+
+    def number(low, high=None, *, low_open=False, high_open=False):
+        def ok(v):
+            if not _is_number(v) or not math.isfinite(v):
+                return False
+            above = v > low if low_open else v >= low
+            below = high is None or (v < high if high_open else v <= high)
+            return above and below
+        return ok
+
+    check("model", lambda v: v in configs.PRESETS, f"one of {sorted(configs.PRESETS)}")
+    check("dataset", lambda v: v in pipeline.DATASETS, f"one of {sorted(pipeline.DATASETS)}")
+    check("data_dir", lambda v: v is None or isinstance(v, str), "a directory or None")
+    check("batch_size", integer(1), "an integer >= 1")
+    if device_count and isinstance(config.get("batch_size"), int) and config.batch_size % device_count:
+        problems.append(f"batch_size={config.batch_size}: must be a multiple of the {device_count} devices")
+    check("max_boxes", integer(1), "an integer >= 1")
+    check("shuffle_buffer", integer(1), "an integer >= 1")
+    check("zoom_out_probability", number(0, 1), "a probability in [0, 1]")
+    check("max_zoom_out", number(1), "a number >= 1")
+    check("crop_probability", number(0, 1), "a probability in [0, 1]")
+    for flag in ("photometric", "batch_norm"):
+        check(flag, lambda v: isinstance(v, bool), "True or False")
+    check("num_steps", integer(1), "an integer >= 1")
+    check("optimizer", lambda v: v in ("sgd", "adam"), "'sgd' or 'adam'")
+    check("learning_rate", number(0, low_open=True), "a finite number > 0")
+    check("momentum", number(0, 1, high_open=True), "a number in [0, 1)")
+    check("weight_decay", number(0), "a finite number >= 0")
+    check("warmup_steps", integer(0), "an integer >= 0")
+    check("warmup_start_factor", number(0, 1, low_open=True), "a number in (0, 1]")
+    check("lr_schedule", lambda v: v in ("step", "cosine"), "'step' or 'cosine'")
+    check("lr_boundaries", lambda v: all(integer(1)(b) for b in v) and list(v) == sorted(v),
+          "increasing step numbers >= 1")
+    check("lr_decay", number(0, 1, low_open=True), "a number in (0, 1]")
+    check("grad_clip_norm", number(0), "a finite number >= 0 (0: no clipping)")
+    check("compute_dtype", lambda v: v in ("float32", "bfloat16"), "'float32' or 'bfloat16'")
+    check("frozen_blocks", integer(-1, 5), "-1 (the paper's choice) or 0 to 5")
+    check("gradients", lambda v: v in ("auto", "xla", "fast", "fast_pool"), "'auto', 'xla', 'fast' or 'fast_pool'")
+    check("init_backbone", lambda v: v is None or isinstance(v, str), "a converted VGG16 checkpoint or None")
+    check("seed", integer(0), "an integer >= 0")
+    check("log_every", integer(1), "an integer >= 1")
+    check("checkpoint_every", integer(1), "an integer >= 1")
+    check("keep_checkpoints", integer(1), "an integer >= 1")
+    check("eval_every", integer(0), "an integer >= 0 (0: no evaluation during training)")
+    check("eval_batch_size", integer(1), "an integer >= 1")
+    return problems
+
+
+def validate_config(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> None:
+    """Raises ``ConfigError`` listing every problem of ``config`` (see ``config_problems``)."""
+    problems = config_problems(config, device_count=device_count)
+    if problems:
+        raise ConfigError("invalid training config:\n  " + "\n  ".join(problems))
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -292,12 +395,23 @@ class _StopRequested:
             signal.signal(sig, handler)
 
 
+_ADVICE = ("Lower the learning rate, lengthen the warm-up (warmup_steps), set grad_clip_norm, or check the boxes "
+           "of the data.")
+
+
 def _check_finite(metrics: dict, step: int) -> None:
     if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
         raise NonFiniteLossError(
             f"the loss became {metrics['loss']} (gradient norm {metrics['grad_norm']}) at step {step}; training "
-            f"stopped and the last good checkpoint is kept. Lower the learning rate, lengthen the warm-up "
-            f"(warmup_steps), set grad_clip_norm, or check the boxes of the data.")
+            f"stopped and the last good checkpoint is kept. {_ADVICE}")
+
+
+@jax.jit
+def state_is_finite(state: TrainState) -> jax.Array:
+    """True iff every parameter, optimizer value and BatchNorm statistic is finite (bool [])."""
+    leaves = [leaf for leaf in jax.tree.leaves((state.params, state.opt_state, state.batch_stats))
+              if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
 def initial_state(config, model_config: SSDConfig, optimizer) -> TrainState:
@@ -327,17 +441,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
     """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and returns the last
     metrics, including evaluation ones when ``eval_every`` > 0.
 
-    ``evaluate_fn(params, step) -> dict`` overrides the built-in evaluation (tests use it).
+    Before anything is written: the config is checked (``ConfigError``), the workdir must be
+    writable, free (its lock) and hold no other run (``WorkdirError``). SIGINT / SIGTERM save and
+    raise ``TrainingInterrupted``. ``evaluate_fn(params, step) -> dict`` overrides the built-in
+    evaluation (tests use it).
     """
+    validate_config(config, device_count=jax.device_count())
+    workdir_lib.check_writable(workdir)
+    if jax.process_index() == 0:
+        with workdir_lib.locked(workdir):
+            return _train_and_evaluate(config, workdir, evaluate_fn=evaluate_fn, progress=progress)
+    return _train_and_evaluate(config, workdir, evaluate_fn=evaluate_fn, progress=progress)
+
+
+def _train_and_evaluate(config, workdir: str, *, evaluate_fn, progress: bool) -> dict:
     from ssd_jax.data import pipeline  # TensorFlow is imported only by code that trains
 
-    os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
+    safe_changes = workdir_lib.check_same_run(workdir, config.to_dict())
 
     # --- mesh and batch sizes
     mesh = data_mesh()
-    if config.batch_size % jax.device_count():
-        raise ValueError(f"batch_size {config.batch_size} must divide over {jax.device_count()} devices")
     local_batch_size = config.batch_size // jax.process_count()
     batch_sharding = NamedSharding(mesh, P("data"))
 
@@ -352,15 +476,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
 
     # --- state: restored from the latest checkpoint, or fresh
     checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    replicated = NamedSharding(mesh, P())
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-                            abstract_state(config, model_config, optimizer))
-    restored = checkpoints.restore_latest(abstract)
+    try:
+        replicated = NamedSharding(mesh, P())
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                                abstract_state(config, model_config, optimizer))
+        restored = checkpoints.restore_latest(abstract)
+    except BaseException:
+        checkpoints.close()
+        raise
     if restored is not None:
         state, meta = restored
+        examples_seen = int(meta.get("examples_seen_per_process", meta["step"] * local_batch_size))
         logging.info("resumed from step %d of %s", meta["step"], checkpoints.directory)
+        if is_main:
+            print(f"resuming from step {meta['step']} of {checkpoints.directory}"
+                  + (f" (changed: {'; '.join(safe_changes)})" if safe_changes else ""))
+            dropped = workdir_lib.truncate_history(workdir, int(meta["step"]))
+            if dropped:
+                print(f"dropped {dropped} metric records of steps after {meta['step']} (written before the last "
+                      f"stop, never saved)")
     else:
         state = replicate(initial_state(config, model_config, optimizer), mesh)
+        examples_seen = 0
+        if is_main:
+            workdir_lib.truncate_history(workdir, 0)  # a run killed before its first save starts again
+    if is_main:
+        workdir_lib.record_run(workdir, config.to_dict())
     start_step = int(state.step)
 
     # --- input: each process reads its own part; the stream resumes at the exact example
@@ -369,7 +510,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
                                   decode=False)
     batches = pipeline.as_numpy(pipeline.train_dataset(
         source, batch_size=local_batch_size, image_size=model_config.image_size, max_boxes=config.max_boxes,
-        seed=config.seed, shuffle_buffer=config.shuffle_buffer, start_index=start_step * local_batch_size,
+        seed=config.seed, shuffle_buffer=config.shuffle_buffer, start_index=examples_seen,
         augment_options={"zoom_out_probability": config.zoom_out_probability,
                          "max_zoom_out": config.max_zoom_out,
                          "crop_probability": config.crop_probability,
@@ -381,21 +522,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
 
     # --- logging
     writer = _summary_writer(workdir) if is_main else None
-    history_path = os.path.join(workdir, "metrics.jsonl")
 
     def log(step, scalars):
         if writer is not None:
             writer(step, scalars)
         if is_main:
-            with open(history_path, "a") as f:
-                f.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+            workdir_lib.append_history(workdir, step, scalars)
 
     def save(step, wait=False):
-        checkpoints.save(step, state, {"step": step, "examples_seen_per_process": step * local_batch_size,
+        # The NaN guard above checks the loss of the step before; the state after this step's
+        # update is checked here, so that no checkpoint ever holds a non-finite value.
+        if not bool(state_is_finite(state)):
+            raise NonFiniteLossError(f"the parameters or optimizer state became NaN or infinite at step {step}; "
+                                     f"nothing was saved and the last good checkpoint is kept. {_ADVICE}")
+        checkpoints.save(step, state, {"step": step, "examples_seen_per_process": examples_seen,
                                        "config": config.to_dict()}, wait=wait)
 
     last = {}
     pending = None  # (step, loss, grad norm) of the previous step, checked while this one runs
+    interrupted = None
     window_start, window_images = time.perf_counter(), 0
     bar = tqdm.tqdm(total=config.num_steps, initial=start_step, desc="training", unit="step",
                     disable=not (progress and is_main), dynamic_ncols=True)
@@ -403,6 +548,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
         with _StopRequested() as stop:
             for step in range(start_step + 1, config.num_steps + 1):
                 state, metrics = update(state, global_batch(next(batches), batch_sharding))
+                examples_seen += local_batch_size
                 window_images += config.batch_size
                 if pending is not None:  # one step behind: the device never waits for this check
                     _check_finite(dict(zip(("loss", "grad_norm"), jax.device_get(pending[1:]))), pending[0])
@@ -424,25 +570,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, evalu
                 bar.update(1)
                 if must_save:
                     save(step, wait=stopping)
+                if stopping:
+                    interrupted = TrainingInterrupted(step, stop.signal, checkpoints.directory)
+                    break
                 if evaluate_fn is not None and config.eval_every and (step % config.eval_every == 0
                                                                       or step == config.num_steps):
                     results = evaluate_fn(inference_params(state), step)
                     log(step, results)
                     last.update(results)
-                if stopping:
-                    logging.warning("signal %d: saved step %d to %s; run again to resume", stop.signal, step,
-                                    checkpoints.directory)
-                    break
     finally:  # also on errors (a NaN loss): finish the asynchronous saves of good checkpoints
         bar.close()
         checkpoints.close()
+    if interrupted is not None:
+        raise interrupted
     if is_main:
         from ssd_jax.evaluation import plots
 
         # The latest parameters, ready for detect / evaluate.py / detect_images.py.
         save_params(os.path.join(workdir, "params"), jax.device_get(inference_params(state)), model_config,
                     overwrite=True)
-        plots.plot_training_curve(history_path, os.path.join(workdir, "training_curve.png"))
+        plots.plot_training_curve(os.path.join(workdir, workdir_lib.HISTORY_FILE),
+                                  os.path.join(workdir, "training_curve.png"))
     return last
 
 

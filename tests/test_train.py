@@ -172,8 +172,12 @@ INTERRUPTIBLE = textwrap.dedent("""
     import sys
     from test_train import tiny_config
     from ssd_jax import train
-    train.train_and_evaluate(tiny_config(sys.argv[1], num_steps=40, checkpoint_every=1000, batch_norm=True),
-                             sys.argv[2], progress=False)
+    try:
+        train.train_and_evaluate(tiny_config(sys.argv[1], num_steps=40, checkpoint_every=1000, batch_norm=True),
+                                 sys.argv[2], progress=False)
+    except train.TrainingInterrupted as interruption:
+        print(interruption, file=sys.stderr)
+        sys.exit(interruption.exit_code)
 """)
 
 
@@ -191,9 +195,11 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, data_dir):
             break
         time.sleep(0.05)
     _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, stderr[-3000:]
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]  # interrupted is not success
     saved = TrainCheckpoints(killed / "checkpoints").steps()
     assert len(saved) == 1 and 3 <= saved[0] < 40  # saved where the signal stopped it
+    assert f"interrupted by SIGTERM at step {saved[0]}" in stderr and "run the same command to resume" in stderr
+    assert not (killed / "params").exists()  # the final parameters are written by a finished run only
     config = tiny_config(data_dir, num_steps=40, checkpoint_every=1000, batch_norm=True)  # the quickstart's
     train.train_and_evaluate(config, str(killed), progress=False)
 
@@ -226,19 +232,36 @@ def test_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, dat
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))
 
 
-def test_a_corrupt_checkpoint_is_skipped(tmp_path):
-    checkpoints = TrainCheckpoints(tmp_path, asynchronous=False)
-    state = {"w": np.arange(4.0, dtype=np.float32)}
-    checkpoints.save(1, state, {"step": 1})
-    checkpoints.save(2, {"w": np.arange(4.0, dtype=np.float32) * 2}, {"step": 2})
-    for root, _, files in os.walk(tmp_path / "2" / "state"):
+def _damage(step_dir):
+    for root, _, files in os.walk(step_dir / "state"):
         for name in files:
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"\x00garbage")
+
+
+def test_a_corrupt_checkpoint_is_set_aside_and_its_step_saved_again(tmp_path, capsys):
+    checkpoints = TrainCheckpoints(tmp_path, asynchronous=False)
+    checkpoints.save(1, {"w": np.arange(4.0, dtype=np.float32)}, {"step": 1})
+    checkpoints.save(2, {"w": np.arange(4.0, dtype=np.float32) * 2}, {"step": 2})
+    _damage(tmp_path / "2")
     abstract = {"w": jax.ShapeDtypeStruct((4,), jnp.float32)}
     restored, meta = checkpoints.restore_latest(abstract)
     assert meta == {"step": 1}
     np.testing.assert_array_equal(restored["w"], np.arange(4.0))
+    aside = [name for name in os.listdir(tmp_path) if name.startswith("2.unreadable-")]
+    assert len(aside) == 1 and "checkpoint 2" in capsys.readouterr().out  # said, not silent
+    checkpoints.save(2, {"w": np.arange(4.0, dtype=np.float32) * 3}, {"step": 2})  # no StepAlreadyExistsError
+    assert checkpoints.steps() == [1, 2]
+    checkpoints.close()
+
+
+def test_no_restorable_checkpoint_stops_with_the_directory_named(tmp_path):
+    checkpoints = TrainCheckpoints(tmp_path, asynchronous=False)
+    checkpoints.save(1, {"w": np.arange(4.0, dtype=np.float32)}, {"step": 1})
+    _damage(tmp_path / "1")
+    with pytest.raises(ssd_jax.checkpoint.CheckpointError, match="no checkpoint in .* restores"):
+        checkpoints.restore_latest({"w": jax.ShapeDtypeStruct((4,), jnp.float32)})
+    checkpoints.close()
     checkpoints.close()
 
 
