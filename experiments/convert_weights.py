@@ -76,5 +76,7 @@ if __name__ == "__main__":
     flags.mark_flags_as_required(["format", "input", "output"])
     try:
         app.run(main)
-    except (weights.WeightImportError, FileNotFoundError, FileExistsError, ImportError) as error:
+    # A missing, unreadable or unfitting weight file, an unknown --config, an existing --output:
+    # the message names the problem, a traceback would only hide it.
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
         sys.exit(f"error: {error}")

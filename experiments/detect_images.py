@@ -3,14 +3,28 @@ r"""Runs a trained or converted SSD on image files: draws the detections and wri
   python experiments/detect_images.py --checkpoint=runs/shapes/params photo1.jpg photo2.png
   python experiments/detect_images.py --weights=ssd300_vgg16_coco.pth --format=torchvision *.jpg
 
-For each image, OUT_DIR/<name>.png shows its boxes with class names and scores; OUT_DIR/
-detections.json holds every detection in COCO results format (image_id = the file's position
-in the list, bbox = [x, y, width, height] in pixels). A file that cannot be read is reported and
-skipped; the others are still processed.
+Each image is read upright (its EXIF orientation applied), resized to the model's input and
+detected in batches of --batch_size (the last one padded), so that one compilation serves images
+of any sizes. OUT_DIR receives:
+
+  <name>.png       the image at its own size with its detections (score >= --min_score) drawn.
+                   <name> is the input's file name without its extension; inputs sharing one get
+                   _1, _2, ... in command-line order (d1/x.jpg -> x.png, d2/x.jpg -> x_1.png).
+  detections.json  every detection drawn, in COCO results format: image_id (the input's position
+                   on the command line, from 0), category_id, bbox ([x, y, width, height] in pixels
+                   of the upright image) and score, plus file_name (the input's base name), path
+                   (the input path as given) and picture (the name of its PNG in OUT_DIR).
+
+Every file is written under a temporary name and then renamed, so none is ever half written, and
+detections.json is rewritten after each image: when a run stops (a full disk, Ctrl-C) it holds the
+detections of every image whose picture was written. A file that cannot be read as an image is
+reported and skipped; the others are still processed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import sys
@@ -22,9 +36,13 @@ CHECKPOINT = flags.DEFINE_string("checkpoint", None, "ssd_jax parameter checkpoi
 WEIGHTS = flags.DEFINE_string("weights", None, "Or a published weight file (.pth/.npz/.safetensors).")
 FORMAT = flags.DEFINE_enum("format", "torchvision", ["torchvision", "amdegroot"], "Layout of --weights.")
 OUT_DIR = flags.DEFINE_string("out_dir", "out/detections", "Where to write the pictures and detections.json.")
-SCORE = flags.DEFINE_float("min_score", 0.3, "Draw and save detections scoring at least this.")
+SCORE = flags.DEFINE_float("min_score", 0.3, "Draw and save detections scoring at least this.",
+                           lower_bound=0.0, upper_bound=1.0)
+BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per detect call (the last batch is padded: one "
+                                  "compilation for all).", lower_bound=1)
 CLASS_NAMES = flags.DEFINE_list("class_names", None, "Names of classes 1..C-1 (default: from the data set "
                                 "the model's class count suggests: VOC 21, COCO 81/91, shapes 6).")
+
 
 
 def load_model():
@@ -45,17 +63,93 @@ def load_model():
 
 
 def default_class_names(num_classes: int):
-    from ssd_jax.classes import COCO_CLASS_NAMES, VOC_CLASS_NAMES
-    from ssd_jax.data.shapes import CLASS_NAMES as SHAPES
+    """Names of classes 1..C-1 of the data set with ``num_classes`` classes, or None if none has that many."""
+    from ssd_jax.classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES, SHAPES_CLASS_NAMES, VOC_CLASS_NAMES
 
     if num_classes == 91:  # torchvision's COCO head indexes by COCO category id
-        from ssd_jax.classes import COCO_CATEGORY_IDS
-
         names = [str(k) for k in range(1, 91)]
         for category, name in zip(COCO_CATEGORY_IDS, COCO_CLASS_NAMES):
             names[category - 1] = name
         return names
-    return {21: VOC_CLASS_NAMES, 81: COCO_CLASS_NAMES, len(SHAPES) + 1: SHAPES}.get(num_classes)
+    return {21: VOC_CLASS_NAMES, 81: COCO_CLASS_NAMES, len(SHAPES_CLASS_NAMES) + 1: SHAPES_CLASS_NAMES}.get(num_classes)
+
+
+def class_names(num_classes: int):
+    """--class_names, checked against the model, or the default names; exits on a wrong count."""
+    if CLASS_NAMES.value is None:
+        return default_class_names(num_classes)
+    if len(CLASS_NAMES.value) != num_classes - 1:
+        sys.exit(f"error: --class_names has {len(CLASS_NAMES.value)} names but the model has {num_classes} classes: "
+                 f"give {num_classes - 1} names, for classes 1..{num_classes - 1} (class 0 is the background)")
+    return CLASS_NAMES.value
+
+
+def picture_names(paths: list[str]) -> list[str]:
+    """'<stem>.png' for each input path, made unique (ignoring case) with _1, _2, ... in order."""
+    taken, names = set(), []
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0] or "image"
+        name, suffix = f"{stem}.png", 0
+        while name.lower() in taken:  # lower case: one file on case-insensitive file systems
+            suffix += 1
+            name = f"{stem}_{suffix}.png"
+        taken.add(name.lower())
+        names.append(name)
+    return names
+
+
+def check_out_dir(path: str) -> None:
+    """Creates ``path`` and writes a file there, or exits saying why, before any image is processed."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        write_atomically(os.path.join(path, f".write_test.{os.getpid()}"), b"")
+        os.remove(os.path.join(path, f".write_test.{os.getpid()}"))
+    except OSError as error:
+        sys.exit(f"error: cannot write to --out_dir={path} ({error})")
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Writes ``path`` through a temporary file in its directory and a rename: an error (a full
+    disk) or an interruption never leaves a partial ``path``, nor the temporary file."""
+    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as f:
+            f.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+
+
+def png_bytes(picture) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def coco_results(image_id: int, path: str, picture: str, boxes, scores, classes, height: int, width: int):
+    """One image's detections (normalised xyxy boxes) -> COCO result dicts with pixel xywh boxes."""
+    pixels = np.asarray(boxes, np.float64).reshape(-1, 4) * np.array([width, height, width, height])
+    return [{"image_id": image_id, "file_name": os.path.basename(path), "path": path, "picture": picture,
+             "category_id": int(cls),
+             "bbox": [round(float(box[0]), 2), round(float(box[1]), 2),
+                      round(float(box[2] - box[0]), 2), round(float(box[3] - box[1]), 2)],
+             "score": round(float(score), 5)}
+            for box, score, cls in zip(pixels, scores, classes)]
+
+
+def read_batch(paths: list[str], first_id: int):
+    """(image_id, path, uint8 image) of each readable path; the others are reported on stderr."""
+    from ssd_jax.image_io import read_image
+
+    readable = []
+    for image_id, path in enumerate(paths, first_id):
+        try:
+            readable.append((image_id, path, read_image(path)))
+        except (OSError, ValueError) as error:  # missing, unreadable or corrupt: report and go on
+            print(f"skipped {path}: cannot read it as an image ({error})", file=sys.stderr)
+    return readable
 
 
 def main(argv):
@@ -63,39 +157,46 @@ def main(argv):
     paths = argv[1:]
     if not paths:
         sys.exit("error: name one or more image files after the flags")
+    out_dir = OUT_DIR.value
+    check_out_dir(out_dir)
+    params, config = load_model()
+    names = class_names(config.num_classes)
+
+    import jax
+
     import ssd_jax
     from ssd_jax import visualize
-    from ssd_jax.data.local import read_image
 
-    params, config = load_model()
-    names = CLASS_NAMES.value or default_class_names(config.num_classes)
-    os.makedirs(OUT_DIR.value, exist_ok=True)
-    results, failures = [], 0
-    for image_id, path in enumerate(paths):
-        try:
-            image = read_image(path)
-        except (OSError, ValueError) as error:  # missing, unreadable or corrupt: report and go on
-            failures += 1
-            print(f"skipped {path}: cannot read it as an image ({error})", file=sys.stderr)
+    pictures = picture_names(paths)
+    json_path = os.path.join(out_dir, "detections.json")
+    batch_size = min(BATCH_SIZE.value, len(paths))
+    # Fills the last batch: the compiled program keeps one shape.
+    padding = np.zeros((config.image_size, config.image_size, 3), np.uint8)
+    results, done = [], 0
+    write_atomically(json_path, b"[]")  # not a previous run's detections, should this one stop early
+    for start in range(0, len(paths), batch_size):
+        batch = read_batch(paths[start:start + batch_size], start)
+        if not batch:
             continue
-        detections = ssd_jax.detect(params, image[None], config=config)
-        boxes, scores, classes = visualize.image_detections(detections, 0, SCORE.value)
-        picture = visualize.draw_boxes(image, boxes, classes, scores, names)
-        out_path = os.path.join(OUT_DIR.value, os.path.splitext(os.path.basename(path))[0] + ".png")
-        picture.save(out_path)
-        height, width = image.shape[:2]
-        pixels = boxes * np.array([width, height, width, height])
-        for box, score, cls in zip(pixels, scores, classes):
-            results.append({"image_id": image_id, "file_name": os.path.basename(path), "category_id": int(cls),
-                            "bbox": [round(float(box[0]), 2), round(float(box[1]), 2),
-                                     round(float(box[2] - box[0]), 2), round(float(box[3] - box[1]), 2)],
-                            "score": round(float(score), 5)})
-        print(f"{path}: {len(scores)} detections >= {SCORE.value} -> {out_path}")
-    with open(os.path.join(OUT_DIR.value, "detections.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"wrote {len(results)} detections of {len(paths) - failures} images to "
-          f"{os.path.join(OUT_DIR.value, 'detections.json')}" + (f"; {failures} file(s) skipped" if failures else ""))
-    if failures == len(paths):
+        images = [image for _, _, image in batch]
+        detections = ssd_jax.detect(params, images + [padding] * (batch_size - len(images)), config=config)
+        detections = jax.device_get(detections)  # numpy: indexing it per image compiles nothing
+        for index, (image_id, path, image) in enumerate(batch):
+            boxes, scores, classes = visualize.image_detections(detections, index, SCORE.value)
+            out_path = os.path.join(out_dir, pictures[image_id])
+            try:
+                write_atomically(out_path, png_bytes(visualize.draw_boxes(image, boxes, classes, scores, names)))
+                results += coco_results(image_id, path, pictures[image_id], boxes, scores, classes, *image.shape[:2])
+                write_atomically(json_path, json.dumps(results, indent=1).encode())
+            except OSError as error:
+                sys.exit(f"error: cannot write to {out_dir} ({error}); stopped after {done} image(s), whose "
+                         f"pictures and detections ({json_path}) are complete")
+            done += 1
+            print(f"{path}: {len(scores)} detections >= {SCORE.value} -> {out_path}")
+    failures = len(paths) - done
+    print(f"wrote {len(results)} detections of {done} images to {json_path}"
+          + (f"; {failures} file(s) skipped" if failures else ""))
+    if not done:
         sys.exit(1)
 
 

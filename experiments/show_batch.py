@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags, logging
 
@@ -25,7 +26,10 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     spec = pipeline.DATASETS[DATASET.value]
-    source = pipeline.tfds_source(DATASET.value, "train", data_dir=DATA_DIR.value)
+    try:
+        source = pipeline.tfds_source(DATASET.value, "train", data_dir=DATA_DIR.value)
+    except pipeline.DatasetNotPreparedError as error:  # VOC/COCO need a download first: say how, no traceback
+        sys.exit(f"error: {error}")
     ds = pipeline.train_dataset(source, batch_size=BATCH.value, image_size=IMAGE_SIZE.value, seed=SEED.value)
     batch = next(pipeline.as_numpy(ds))
     pictures = [visualize.draw_boxes(image, boxes[mask], labels[mask], class_names=spec.class_names)

@@ -7,6 +7,9 @@ VOC_CLASS_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car
                    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
                    "train", "tvmonitor")
 
+# The built-in synthetic data set (ssd_jax.data.shapes).
+SHAPES_CLASS_NAMES = ("circle", "square", "triangle", "star", "hexagon")
+
 # COCO's 80 category ids: 1..90 without 12, 26, 29, 30, 45, 66, 68, 69, 71 and 83.
 COCO_CATEGORY_IDS = tuple(i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
 

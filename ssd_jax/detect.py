@@ -83,19 +83,70 @@ def _detect(params, images, *, config, dtype, score_threshold, iou_threshold, pr
                        max_detections=max_detections)
 
 
-def check_images(images) -> None:
-    """Raises ``ValueError`` unless ``images`` is a non-empty [B, H, W, 3] uint8 or float batch."""
-    shape, dtype = np.shape(images), np.dtype(getattr(images, "dtype", np.asarray(images).dtype))
-    if len(shape) != 4:
-        raise ValueError(f"images must have rank 4 [B, H, W, 3], got shape {shape}; "
-                         "add a batch axis for one image (images[None])")
+def resize_each_image(images, size: int):
+    """A list of [H_i, W_i, 3] images of any sizes -> float32 [B, size, size, 3].
+
+    Each image goes through ``resize_images`` on its own, outside the detection program, so that
+    the program sees one shape whatever the sizes (one compilation of the resize per image size).
+    """
+    return jnp.stack([resize_images(image[None], size)[0] for image in images])
+
+
+def _as_array(image):
+    """Arrays and tracers as they are; anything else (a PIL image, nested lists) as a numpy array."""
+    return image if hasattr(image, "shape") and hasattr(image, "dtype") else np.asarray(image)
+
+
+def _check_finite(pixels, what: str) -> None:
+    """Raises ``ValueError`` naming how many pixels [..., 3] of host ``pixels`` are NaN or infinite.
+
+    jax arrays and tracers are not read: that would copy them to the host (or is impossible).
+    """
+    if isinstance(pixels, jax.Array) or not jnp.issubdtype(pixels.dtype, jnp.floating):
+        return
+    bad = ~np.all(np.isfinite(pixels), axis=-1)
+    count = int(np.count_nonzero(bad))
+    if count:
+        where = ""
+        if bad.ndim == 3:  # a batch: say which images
+            images = np.flatnonzero(bad.any(axis=(1, 2))).tolist()
+            where = f" in image(s) {images[:10]}" + (" ..." if len(images) > 10 else "")
+        raise ValueError(f"{what}: {count} of {bad.size} pixels are NaN or infinite{where}; replace them "
+                         "(e.g. np.nan_to_num) or leave those images out")
+
+
+def _check_pixels(pixels, *, rank: int, what: str) -> None:
+    """Shape and dtype checks of one batch (rank 4) or one image of a list (rank 3), then finiteness."""
+    shape, dtype = np.shape(pixels), np.dtype(pixels.dtype)
+    if len(shape) != rank:
+        if rank == 4:
+            raise ValueError(f"images must have rank 4 [B, H, W, 3], got shape {shape}; add a batch axis for "
+                             "one image (images[None]), or pass a list of [H, W, 3] images")
+        raise ValueError(f"{what} must be one image [H, W, 3] in a list of images, got shape {shape}")
     if shape[-1] != 3:
-        raise ValueError(f"images must be RGB with 3 channels last (NHWC), got {shape[-1]} channels "
+        raise ValueError(f"{what} must be RGB with 3 channels last (NHWC), got {shape[-1]} channels "
                          f"in shape {shape}")
-    if shape[0] == 0 or shape[1] == 0 or shape[2] == 0:
-        raise ValueError(f"images must be non-empty, got shape {shape}")
+    if 0 in shape:
+        raise ValueError(f"{what} must be non-empty, got shape {shape}")
     if not (dtype == np.uint8 or jnp.issubdtype(dtype, jnp.floating)):
-        raise ValueError(f"images must be uint8 or floating point RGB in [0, 255], got dtype {dtype}")
+        raise ValueError(f"{what} must be uint8 or floating point RGB in [0, 255], got dtype {dtype}")
+    _check_finite(pixels, what)
+
+
+def check_images(images) -> None:
+    """Raises ``ValueError`` unless ``images`` is a non-empty [B, H, W, 3] uint8 or float batch, or a
+    non-empty list (or tuple) of [H, W, 3] such images.
+
+    Host pixels (numpy arrays, lists) must also be finite. Of jax arrays and tracers only the shape
+    and dtype are checked: their values stay where they are (so this works inside ``jax.jit``).
+    """
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("images must be non-empty, got an empty list")
+        for i, image in enumerate(images):
+            _check_pixels(_as_array(image), rank=3, what=f"images[{i}]")
+    else:
+        _check_pixels(_as_array(images), rank=4, what="images")
 
 
 def detect(
@@ -110,24 +161,35 @@ def detect(
     dtype: Any = jnp.float32,
     network_batch: int | None = None,
 ) -> Detections:
-    """Detects objects in a batch of images.
+    """Detects objects in a batch or a list of images.
 
     Args:
       params: the model's 'params' pytree (``ssd_jax.init`` or imported weights).
-      images: [B, H, W, 3] RGB, uint8 or float in [0, 255], any H and W: resized inside the
-        program to the config's input size.
+      images: RGB pixels, uint8 or float in [0, 255], either
+        * a batch [B, H, W, 3] (numpy or jax array), any H and W: resized inside the program to the
+          config's input size; or
+        * a list (or tuple) of [H, W, 3] images, each of its own size (numpy arrays, jax arrays or
+          PIL images): each is resized to the input size before the program, with the same
+          bilinear resize, so detecting a list gives (to float rounding) the detections of
+          each image alone.
+        Numpy or list pixels that are NaN or infinite raise ``ValueError``. jax arrays are not
+        read for that (it would copy them to the host): check them yourself, as NaN there gives
+        meaningless detections (or none), without an error.
       config: the model config; defaults to ``configs.ssd300()`` (VOC, 21 classes).
       score_threshold, iou_threshold, pre_nms_top_k, max_detections: SSD's post-processing.
       dtype: compute dtype of the network, e.g. ``jnp.bfloat16`` (parameters stay float32).
       network_batch: run the network on at most this many images at a time (one program still);
         None: 32 for float32 on a GPU (larger float32 batches run 13 times slower there), else all.
     Returns:
-      ``Detections`` with boxes [B, K, 4] normalised (xmin, ymin, xmax, ymax) of the input image,
+      ``Detections`` with boxes [B, K, 4] normalised (xmin, ymin, xmax, ymax) of each input image,
       scores [B, K], classes [B, K] (1..C-1) and num_detections [B]; K = max_detections.
 
-    One program is compiled per input shape and options; repeated calls reuse it.
+    One program is compiled per input shape (per list length for lists) and options; repeated calls
+    reuse it. ``detect`` can run inside the caller's ``jax.jit``.
     """
     config = configs.ssd300() if config is None else config
+    if isinstance(images, (list, tuple)):
+        images = [_as_array(image) for image in images]
     check_images(images)
     check_params(params, config)
     if not 0 <= score_threshold < 1 or not 0 < iou_threshold <= 1:
@@ -137,6 +199,8 @@ def detect(
         raise ValueError(f"pre_nms_top_k and max_detections must be >= 1, got {pre_nms_top_k}, {max_detections}")
     if network_batch is not None and network_batch < 1:
         raise ValueError(f"network_batch must be None or >= 1, got {network_batch}")
+    if isinstance(images, list):
+        images = resize_each_image(images, config.image_size)
     if network_batch is None:
         network_batch = default_network_batch(np.shape(images)[0], dtype)
     return _detect(params, images, config=config, dtype=jnp.dtype(dtype),

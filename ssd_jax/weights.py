@@ -37,35 +37,81 @@ class WeightImportError(ValueError):
     """A state dict that does not fit the model; the message names every offending key."""
 
 
+class WeightFileError(ValueError):
+    """A weight file that cannot be read: truncated, corrupt, or not a weight file at all."""
+
+
+# Paragraphs of torch's weights_only errors that surround the one naming the problem.
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _error_summary(error: BaseException) -> str:
+    """The informative sentence of a reader's error (torch's weights_only errors bury it in advice)."""
+    text = str(error).split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(_TORCH_ADVICE)]
+    return f"{type(error).__name__}: {lines[0].split('. ')[0]}" if lines else type(error).__name__
+
+
+def _unreadable(path: str, kind: str, error: Exception) -> WeightFileError:
+    if "unsupported global" in str(error).lower():  # a checkpoint that also pickles other Python objects
+        hint = ("it pickles Python objects besides tensors, which torch.load(weights_only=True) refuses; if you "
+                "trust it, load it in Python and torch.save its state dict alone")
+    else:
+        hint = "it may be truncated (an interrupted download: compare its size) or not a weight file"
+    return WeightFileError(f"{path} is not a readable {kind} weight file ({_error_summary(error)}); {hint}")
+
+
+def _read_pth(path: str) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(f"reading {path} needs torch: pip install 'ssd_jax[torch]', or convert the "
+                          "file to .npz/.safetensors elsewhere") from error
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(raw, Mapping) and isinstance(raw.get(wrapper), Mapping):
+            raw = raw[wrapper]
+    if not isinstance(raw, Mapping):
+        raise WeightFileError(f"{path} holds a {type(raw).__name__}, not a state dict (names -> tensors)")
+    return {k: v.detach().float().numpy() for k, v in raw.items() if hasattr(v, "detach")}
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as archive:
+        return {k: np.asarray(archive[k], np.float32) for k in archive.files}
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
+
+
+_READERS = {".pth": (_read_pth, "PyTorch"), ".pt": (_read_pth, "PyTorch"), ".npz": (_read_npz, "NumPy .npz"),
+            ".safetensors": (_read_safetensors, "safetensors")}
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads a weight file into ``{name: float32 array}`` without executing anything from it.
 
     .pth/.pt need torch (``torch.load(weights_only=True)``); .npz and .safetensors do not.
-    A checkpoint that nests its weights under 'state_dict' or 'model' is unwrapped.
+    A checkpoint that nests its weights under 'state_dict' or 'model' is unwrapped. Raises
+    ``FileNotFoundError`` for a missing file and ``WeightFileError`` for one that cannot be read
+    (truncated, corrupt, not a weight file, or pickling objects that weights_only refuses).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weight file not found: {path}")
     suffix = os.path.splitext(path)[1].lower()
-    if suffix in (".pth", ".pt"):
-        try:
-            import torch
-        except ImportError as error:
-            raise ImportError(f"reading {path} needs torch: pip install 'ssd_jax[torch]', or convert the "
-                              "file to .npz/.safetensors elsewhere") from error
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-        for wrapper in ("state_dict", "model"):
-            if isinstance(raw, Mapping) and isinstance(raw.get(wrapper), Mapping):
-                raw = raw[wrapper]
-        return {k: v.detach().float().numpy() for k, v in raw.items() if hasattr(v, "detach")}
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            return {k: np.asarray(archive[k], np.float32) for k in archive.files}
-    if suffix == ".safetensors":
-        from safetensors.numpy import load_file
-
-        return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
-    raise ValueError(f"unsupported weight file {path!r}: expected .pth, .pt, .npz or .safetensors")
+    if suffix not in _READERS:
+        raise ValueError(f"unsupported weight file {path!r}: expected .pth, .pt, .npz or .safetensors")
+    reader, kind = _READERS[suffix]
+    try:
+        return reader(path)
+    except (ImportError, WeightFileError, MemoryError):
+        raise
+    except Exception as error:  # each library fails its own way on a bad file: OSError, EOFError, pickle, zip...
+        raise _unreadable(path, kind, error) from error
 
 
 def _conv(state_dict, key: str, *, flip_input_channels: bool = False) -> dict[str, np.ndarray]:

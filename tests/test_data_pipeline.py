@@ -144,8 +144,9 @@ def test_vocdevkit_reader(tmp_path):
     assert [int(e["image_id"]) for e in examples] == [1, 2]
     first = examples[0]
     assert first["image"].shape == (40, 60, 3)
-    # 1-based inclusive VOC pixels -> 0-based corners, normalised.
-    np.testing.assert_allclose(first["boxes"], [[10 / 60, 5 / 40, 30 / 60, 20 / 40], [0, 0, 1, 1]], atol=1e-6)
+    # VOC's corners as the XML gives them (as TFDS keeps them), normalised.
+    np.testing.assert_allclose(first["boxes"], [[11 / 60, 6 / 40, 30 / 60, 20 / 40], [1 / 60, 1 / 40, 1, 1]],
+                               atol=1e-6)
     np.testing.assert_array_equal(first["labels"], [12, 15])  # dog, person -> ids 12, 15
     np.testing.assert_array_equal(first["difficult"], [False, True])
     assert examples[1]["boxes"].shape == (0, 4)

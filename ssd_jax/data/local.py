@@ -15,8 +15,8 @@ import xml.etree.ElementTree as ElementTree
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from PIL import Image
 
+from ssd_jax import image_io
 from ssd_jax.classes import VOC_CLASS_NAMES
 
 CANONICAL_SIGNATURE = {
@@ -38,10 +38,12 @@ def _require(path: str, what: str) -> None:
 
 
 def read_image(path: str) -> np.ndarray:
-    """Decodes an image file to uint8 RGB [H, W, 3]; raises ``OSError`` if it is corrupt."""
-    with Image.open(path) as image:
-        image.load()  # decodes fully: truncated files fail here, not later in the pipeline
-        return np.asarray(image.convert("RGB"), np.uint8)
+    """Decodes an image file to uint8 RGB [H, W, 3] as stored; raises ``OSError`` if it is corrupt.
+
+    No EXIF rotation (unlike ``ssd_jax.image_io.read_image``'s default): the annotations index the
+    stored pixels, as in the TFDS copies of these data sets.
+    """
+    return image_io.read_image(path, exif_orientation=False)
 
 
 def _canonical(image, boxes_xyxy_pixels, labels, difficult, image_id, stats: SkipStats):
@@ -65,8 +67,9 @@ def _canonical(image, boxes_xyxy_pixels, labels, difficult, image_id, stats: Ski
 def parse_voc_annotation(path: str, class_names=VOC_CLASS_NAMES):
     """A VOC XML file -> (boxes [N, 4] xyxy pixels, labels [N] 1..20, difficult [N]).
 
-    VOC pixel coordinates are 1-based and inclusive; they become 0-based continuous corners
-    (xmin - 1, ymin - 1, xmax, ymax). Raises ``ValueError`` on a malformed file or unknown class.
+    The corners stay as the XML gives them (1-based, inclusive pixel ranges), as TFDS's VOC keeps
+    them, so that both sources give the same boxes and the VOC metric scores them with the devkit's
+    inclusive IoU (``DatasetSpec.voc_iou``). Raises ``ValueError`` on a malformed file or unknown class.
     """
     try:
         root = ElementTree.parse(path).getroot()
@@ -84,7 +87,7 @@ def parse_voc_annotation(path: str, class_names=VOC_CLASS_NAMES):
             x0, y0, x1, y1 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: object {name!r} has a malformed bndbox") from error
-        boxes.append((x0 - 1, y0 - 1, x1, y1))
+        boxes.append((x0, y0, x1, y1))
         labels.append(class_names.index(name) + 1)
         difficult.append((obj.findtext("difficult") or "0").strip() == "1")
     return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int32), np.asarray(difficult, bool)

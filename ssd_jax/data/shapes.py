@@ -31,7 +31,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
-CLASS_NAMES = ('circle', 'square', 'triangle', 'star', 'hexagon')
+from ssd_jax.classes import SHAPES_CLASS_NAMES as CLASS_NAMES
+
 NUM_TRAIN = 3000
 NUM_TEST = 500
 SPLIT_SEEDS = {'train': 1001, 'test': 2002}
