@@ -628,7 +628,8 @@ def _default_evaluator(config, model_config: SSDConfig, spec, workdir: str):
     from ssd_jax.evaluation import Evaluator, plots
 
     evaluator = Evaluator(model_config, batch_size=config.eval_batch_size, class_names=spec.class_names,
-                          coco_category_ids=COCO_CATEGORY_IDS if config.dataset == "coco" else None)
+                          coco_category_ids=COCO_CATEGORY_IDS if config.dataset == "coco" else None,
+                          iou_convention=spec.voc_iou)
 
     def evaluate(params, step):
         source = pipeline.tfds_source(config.dataset, "eval", data_dir=config.get("data_dir"))

@@ -17,9 +17,9 @@ def truth(image_id, boxes, labels, difficult=None):
     return ImageGroundTruth(image_id=image_id, boxes=boxes, labels=labels, difficult=difficult)
 
 
-def both_aps(detections, ground_truths, num_classes=2, label=1):
-    ap07 = evaluate_voc(detections, ground_truths, num_classes, use_07_metric=True)
-    ap = evaluate_voc(detections, ground_truths, num_classes, use_07_metric=False)
+def both_aps(detections, ground_truths, num_classes=2, label=1, **options):
+    ap07 = evaluate_voc(detections, ground_truths, num_classes, use_07_metric=True, **options)
+    ap = evaluate_voc(detections, ground_truths, num_classes, use_07_metric=False, **options)
     return ap07["ap"][label], ap["ap"][label]
 
 
@@ -70,11 +70,12 @@ def test_voc_ap_directly():
 
 
 def test_iou_of_exactly_the_threshold_matches():
+    # Continuous IoUs (no "+1"); tests/test_evaluation_trust.py has the devkit's.
     ground_truths = [truth(0, [[0.0, 0.0, 2.0, 1.0]], [1])]
     half = [dets(0, [[0.0, 0.0, 1.0, 1.0]], [0.9], [1])]  # IoU = 1 / 2
-    assert both_aps(half, ground_truths) == (1.0, 1.0)
+    assert both_aps(half, ground_truths, iou_convention="continuous") == (1.0, 1.0)
     less = [dets(0, [[0.0, 0.0, 0.99, 1.0]], [0.9], [1])]  # IoU = 0.495
-    assert both_aps(less, ground_truths) == (0.0, 0.0)
+    assert both_aps(less, ground_truths, iou_convention="continuous") == (0.0, 0.0)
 
 
 def test_difficult_objects_are_neither_rewarded_nor_punished():
@@ -160,7 +161,8 @@ def test_records_may_be_dicts_and_unknown_images_are_rejected():
 
 
 def voc_eval_reference(detections, ground_truths, label, use_07_metric):
-    """py-faster-rcnn's voc_eval for one class, transcribed loop for loop (with IoU >= 0.5, no +1)."""
+    """py-faster-rcnn's voc_eval for one class, transcribed loop for loop (with IoU >= 0.5, no +1: the
+    continuous convention; tests/test_evaluation_trust.py restates the devkit's "+1")."""
     records = {t.image_id: dict(bbox=t.boxes[t.labels == label], difficult=t.difficult[t.labels == label],
                                 det=[False] * int(np.sum(t.labels == label))) for t in ground_truths}
     npos = sum(int(np.sum(~r["difficult"])) for r in records.values())
@@ -217,7 +219,8 @@ def test_random_scenes_agree_with_a_loop_transcription_of_voc_eval(seed):
         scores = rng.integers(1, 50, len(boxes)) / 50
         detections.append(dets(image_id, boxes, scores, rng.integers(1, 3, len(boxes))))
     for use_07_metric in (True, False):
-        ours = evaluate_voc(detections, ground_truths, 3, use_07_metric=use_07_metric)["ap"]
+        ours = evaluate_voc(detections, ground_truths, 3, use_07_metric=use_07_metric,
+                            iou_convention="continuous")["ap"]
         for label in (1, 2):
             expected = voc_eval_reference(detections, ground_truths, label, use_07_metric)
             assert ours[label] == pytest.approx(expected, abs=1e-12, nan_ok=True)

@@ -85,13 +85,17 @@ def drop_difficult(example):
 
 
 # ----------------------------------------------------------------------------- TFDS sources
-DatasetSpec = collections.namedtuple("DatasetSpec", "train eval adapter num_classes class_names")
+# voc_iou: the IoU of its VOC metrics. VOC's annotations are inclusive integer pixel ranges (TFDS
+# keeps the XML's corners as they are), so they are scored as the devkit scores them ("devkit":
+# width = xmax - xmin + 1); the synthetic shapes and COCO boxes are continuous corners.
+DatasetSpec = collections.namedtuple("DatasetSpec", "train eval adapter num_classes class_names voc_iou",
+                                     defaults=("continuous",))
 
 # (tfds name, split) lists; num_classes includes background.
 DATASETS = {
     "voc": DatasetSpec(train=[("voc/2007", "train+validation"), ("voc/2012", "train+validation")],
                        eval=[("voc/2007", "test")], adapter=from_voc_like, num_classes=21,
-                       class_names=VOC_CLASS_NAMES),
+                       class_names=VOC_CLASS_NAMES, voc_iou="devkit"),
     "coco": DatasetSpec(train=[("coco/2017", "train")], eval=[("coco/2017", "validation")],
                         adapter=from_coco, num_classes=81, class_names=COCO_CLASS_NAMES),
     "shapes": DatasetSpec(train=[("shapes", "train")], eval=[("shapes", "test")], adapter=from_voc_like,

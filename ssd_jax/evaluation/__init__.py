@@ -4,6 +4,7 @@ from ssd_jax.evaluation.coco import (
     COCO_CATEGORY_IDS,
     COCO_CLASS_NAMES,
     COCO_METRIC_NAMES,
+    coco_category_ids_to_classes,
     coco_ground_truth,
     coco_stats,
     evaluate_coco,
@@ -12,6 +13,7 @@ from ssd_jax.evaluation.coco import (
 from ssd_jax.evaluation.evaluator import Evaluator
 from ssd_jax.evaluation.plots import plot_class_ap, plot_precision_recall
 from ssd_jax.evaluation.voc import (
+    IOU_CONVENTIONS,
     ImageDetections,
     ImageGroundTruth,
     PrecisionRecall,
@@ -27,10 +29,12 @@ __all__ = [
     "COCO_CLASS_NAMES",
     "COCO_METRIC_NAMES",
     "Evaluator",
+    "IOU_CONVENTIONS",
     "ImageDetections",
     "ImageGroundTruth",
     "PrecisionRecall",
     "average_precisions",
+    "coco_category_ids_to_classes",
     "coco_ground_truth",
     "coco_stats",
     "evaluate_coco",

@@ -27,6 +27,22 @@ from ssd_jax.evaluation.voc import ImageDetections, ImageGroundTruth, as_detecti
 COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
+def coco_category_ids_to_classes(category_ids) -> np.ndarray:
+    """COCO category ids [n] int -> our contiguous COCO classes [n] int64: 1..80, 0 where COCO has no category.
+
+    Category ``COCO_CATEGORY_IDS[k - 1]`` becomes class k; 0 (background) and the ten ids COCO
+    never used (12, 26, 29, 30, 45, 66, 68, 69, 71, 83) become 0. A model with 91 class slots
+    indexed by category id (torchvision's COCO SSD) predicts category k as its class k, so
+    ``coco_category_ids_to_classes(np.arange(91))`` maps its classes to ours (0: drop).
+    """
+    category_ids = np.asarray(category_ids)
+    if np.any((category_ids < 0) | (category_ids > 90)):
+        raise ValueError(f"COCO category ids run from 1 to 90 (0 is background), got {np.unique(category_ids)}")
+    table = np.zeros(91, np.int64)
+    table[list(COCO_CATEGORY_IDS)] = np.arange(1, len(COCO_CATEGORY_IDS) + 1)
+    return table[category_ids.astype(np.int64)]
+
+
 def _category_map(category_ids: Sequence[int] | None, labels: Iterable[int]) -> dict[int, int]:
     """Our class k (1..K) -> COCO category id: ``category_ids[k - 1]``, or k itself."""
     if category_ids is None:
@@ -139,8 +155,14 @@ def coco_stats(ground_truth: COCO, results: list[dict]) -> dict[str, float]:
     """Runs ``COCOeval`` (bbox) quietly -> {'AP', 'AP50', ..., 'ARl'} (``COCO_METRIC_NAMES``).
 
     Entries are -1 where COCO defines none (no ground truth in that area range); with no
-    detections at all, the others are 0.
+    detections at all, the others are 0. Results for an image the ground truth does not list
+    raise ``ValueError`` (pycocotools would fail on a bare assertion).
     """
+    unknown = sorted({r["image_id"] for r in results} - set(ground_truth.getImgIds()))
+    if unknown:
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise ValueError(f"detections for image {', '.join(map(str, unknown[:10]))}{more}, which has no ground-truth "
+                         f"record: give every evaluated image an ImageGroundTruth (with no boxes if it has no objects)")
     with contextlib.redirect_stdout(io.StringIO()):
         loaded = ground_truth.loadRes(results) if results else _empty_results(ground_truth)
         evaluation = COCOeval(ground_truth, loaded, iouType="bbox")
@@ -162,7 +184,8 @@ def evaluate_coco(
 
     Args:
       detections: ``ImageDetections``, corner boxes, classes 1..K.
-      ground_truths: one ``ImageGroundTruth`` per evaluated image, with height and width.
+      ground_truths: one ``ImageGroundTruth`` per evaluated image, with height and width; an image
+        without objects needs one too (its detections are false positives).
       category_ids: category_ids[k - 1] is the COCO id of our class k (e.g. ``COCO_CATEGORY_IDS``
         for a model trained on COCO's 80 classes); None: the id is k.
       normalized: boxes (detections and ground truth) are normalised to their image; else pixels

@@ -11,6 +11,7 @@ from ssd_jax.configs import SSDConfig
 from ssd_jax.detect import detect
 from ssd_jax.evaluation.coco import evaluate_coco
 from ssd_jax.evaluation.voc import (
+    IOU_CONVENTIONS,
     ImageDetections,
     ImageGroundTruth,
     PrecisionRecall,
@@ -55,18 +56,35 @@ def ground_truth_records(batch: Mapping[str, np.ndarray]) -> list[ImageGroundTru
     return records
 
 
-def detection_records(detections, image_ids, original_sizes) -> list[ImageDetections]:
-    """Numpy ``Detections`` of n images (padding rows already dropped) -> per-image records in pixels."""
+def detection_records(detections, image_ids, original_sizes, class_map=None) -> list[ImageDetections]:
+    """Numpy ``Detections`` of n images (padding rows already dropped) -> per-image records in pixels.
+
+    class_map: [C] int or None; class_map[k] is the evaluated class of the model's class k, and
+    detections mapped to 0 are dropped. None: classes as they are.
+    """
     records = []
     for i, (image_id, size) in enumerate(zip(image_ids, original_sizes)):
         count = int(detections.num_detections[i])
+        classes = np.asarray(detections.classes[i, :count])
+        keep = np.ones(count, bool)
+        if class_map is not None:
+            classes = np.asarray(class_map)[classes]
+            keep = classes > 0
         records.append(ImageDetections(
             image_id=int(image_id),
-            boxes=np.asarray(detections.boxes[i, :count], np.float64) * _pixel_scale(size),
-            scores=detections.scores[i, :count],
-            classes=detections.classes[i, :count],
+            boxes=np.asarray(detections.boxes[i, :count], np.float64)[keep] * _pixel_scale(size),
+            scores=np.asarray(detections.scores[i, :count])[keep],
+            classes=classes[keep],
         ))
     return records
+
+
+def _require_images(ground_truths: Sequence[ImageGroundTruth]) -> None:
+    # With no images every metric is undefined; reporting them as n/a would pass for a result.
+    if len(ground_truths) == 0:
+        raise ValueError("the evaluation split is empty: the evaluation batches held no images, so there is "
+                         "nothing to measure; check the data set's evaluation split (its name, its files, any "
+                         "filter or slice)")
 
 
 class Evaluator:
@@ -74,6 +92,9 @@ class Evaluator:
 
     ``detect`` always sees ``batch_size`` images: a smaller last batch is padded with zero images,
     whose detections are dropped, so the program compiles once.
+
+    Boxes are compared in pixels of the original images, so the VOC metrics use the devkit's
+    inclusive pixel IoU by default (``iou_convention``, see ``ssd_jax.evaluation.voc``).
 
     Metrics of ``run``:
       'voc07_mAP', 'voc_mAP': VOC mAP at IoU 0.5, 11-point (VOC2007) and all-point (VOC2010+).
@@ -93,21 +114,40 @@ class Evaluator:
         pre_nms_top_k: int = 400,
         max_detections: int = 200,
         coco_category_ids: Sequence[int] | None = None,
+        iou_convention: str = "devkit",
+        class_map: Sequence[int] | None = None,
     ):
         """
         Args:
           config: the model's config.
           batch_size: the number of images per ``detect`` call; batches may not be larger.
-          class_names: the C-1 foreground class names, class k at index k-1; default 'class<k>'.
+          class_names: the K foreground class names of the evaluated classes, class k at index
+            k-1; default 'class<k>'. K is C-1 for a model with C classes, or max(class_map).
           score_threshold, iou_threshold, pre_nms_top_k, max_detections: ``detect``'s options.
-          coco_category_ids: the COCO category id of each foreground class (``COCO_CATEGORY_IDS``
-            for COCO); default 1..C-1.
+          coco_category_ids: the COCO category id of each evaluated foreground class
+            (``COCO_CATEGORY_IDS`` for COCO); default 1..K.
+          iou_convention: the VOC metrics' IoU, "devkit" (inclusive pixel ranges, as the VOC devkit)
+            or "continuous" (no "+1").
+          class_map: [C] int, class_map[k] is the evaluated class (1..K) of the model's class k; 0
+            drops the model's class (e.g. ``coco_category_ids_to_classes(np.arange(91))`` for a
+            91-slot COCO model). Default: the model's classes are the evaluated ones.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        num_foreground = config.num_classes - 1
+        if iou_convention not in IOU_CONVENTIONS:
+            raise ValueError(f"iou_convention must be one of {IOU_CONVENTIONS}, got {iou_convention!r}")
+        if class_map is not None:
+            class_map = np.asarray(class_map, np.int64)
+            if class_map.shape != (config.num_classes,):
+                raise ValueError(f"class_map has shape {class_map.shape}; it needs one entry for each of the "
+                                 f"model's {config.num_classes} classes")
+            if np.any(class_map < 0) or class_map[0] != 0:
+                raise ValueError("class_map entries must be >= 0 (0 drops the model's class), and background 0 "
+                                 "must map to 0")
+        self.num_classes = config.num_classes if class_map is None else int(np.max(class_map)) + 1
+        num_foreground = self.num_classes - 1
         class_names = tuple(class_names) if class_names is not None else tuple(
-            f"class{k}" for k in range(1, config.num_classes))
+            f"class{k}" for k in range(1, self.num_classes))
         if len(class_names) != num_foreground:
             raise ValueError(f"need {num_foreground} class names (no background), got {len(class_names)}")
         if coco_category_ids is not None and len(coco_category_ids) != num_foreground:
@@ -116,7 +156,9 @@ class Evaluator:
         self.batch_size = batch_size
         self.class_names = class_names
         self.coco_category_ids = (tuple(coco_category_ids) if coco_category_ids is not None
-                                  else tuple(range(1, config.num_classes)))
+                                  else tuple(range(1, self.num_classes)))
+        self.iou_convention = iou_convention
+        self.class_map = class_map
         self.detect_options = dict(score_threshold=score_threshold, iou_threshold=iou_threshold,
                                    pre_nms_top_k=pre_nms_top_k, max_detections=max_detections)
 
@@ -140,7 +182,7 @@ class Evaluator:
         def finish(pending):
             device_detections, n, image_ids, sizes = pending
             host = type(device_detections)(*(np.asarray(x)[:n] for x in device_detections))
-            detections.extend(detection_records(host, image_ids, sizes))
+            detections.extend(detection_records(host, image_ids, sizes, self.class_map))
 
         total = len(batches) if hasattr(batches, "__len__") else None
         for batch in tqdm.tqdm(batches, total=total, desc="evaluating", unit="batch", disable=not progress):
@@ -158,11 +200,13 @@ class Evaluator:
 
     def curves(self, detections, ground_truths) -> dict[str, PrecisionRecall]:
         """VOC precision-recall curves (IoU 0.5) -> {class name: ``PrecisionRecall``}."""
-        curves = precision_recall_curves(detections, ground_truths, self.config.num_classes)
+        _require_images(ground_truths)
+        curves = precision_recall_curves(detections, ground_truths, self.num_classes,
+                                         iou_convention=self.iou_convention)
         return {self.class_names[k - 1]: curve for k, curve in curves.items()}
 
     def metrics(self, detections, ground_truths) -> dict[str, float]:
-        """The metrics dict (see the class docstring) of collected records."""
+        """The metrics dict (see the class docstring) of collected records; ``ValueError`` when there are none."""
         curves = self.curves(detections, ground_truths)
         results = {}
         for key, per_class_key, use_07_metric in (("voc07_mAP", "AP07", True), ("voc_mAP", "AP", False)):
