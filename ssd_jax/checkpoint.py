@@ -203,8 +203,7 @@ class TrainCheckpoints:
             os.replace(path, target)
         message = (f"checkpoint {step} in {self.directory} does not restore ({type(error).__name__}: "
                    f"{str(error)[:300]}); set aside as {os.path.basename(target)}, trying an older one")
-        logging.warning(message)
-        print(f"warning: {message}")
+        print(f"warning: {message}")  # the user decides about the files set aside: said where they see it
         return os.path.basename(target)
 
     def close(self) -> None:
