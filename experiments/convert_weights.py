@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from ssd_jax import checkpoint, configs, weights
+from ssd_jax import checkpoint, classes, configs, weights
 
 FLAGS = flags.DEFINE_enum("format", None, ["torchvision", "amdegroot", "vgg16"], "Layout of the input weights.")
 INPUT = flags.DEFINE_string("input", None, "Weight file: .pth, .pt, .npz or .safetensors.")
@@ -67,7 +67,9 @@ def main(argv):
         config = (configs.get(CONFIG.value, num_classes=num_classes) if CONFIG.value
                   else weights.amdegroot_config(state_dict))
         params = weights.from_amdegroot(state_dict, config)
-    checkpoint.save_params(OUTPUT.value, params, config, overwrite=OVERWRITE.value)
+    names = classes.names_for_class_count(config.num_classes)  # COCO for torchvision's, VOC for amdegroot's
+    checkpoint.save_params(OUTPUT.value, params, config, metadata={"class_names": list(names)} if names else None,
+                           overwrite=OVERWRITE.value)
     count = sum(np.size(a) for a in jax.tree.leaves(params))
     print(f"wrote {config.name} ({config.num_classes} classes, {count:,} parameters) to {OUTPUT.value}")
 

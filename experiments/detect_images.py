@@ -40,7 +40,8 @@ SCORE = flags.DEFINE_float("min_score", 0.3, "Draw and save detections scoring a
                            lower_bound=0.0, upper_bound=1.0)
 BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per detect call (the last batch is padded: one "
                                   "compilation for all).", lower_bound=1)
-CLASS_NAMES = flags.DEFINE_list("class_names", None, "Names of classes 1..C-1 (default: from the data set "
+CLASS_NAMES = flags.DEFINE_list("class_names", None, "Names of classes 1..C-1 (default: those stored with the "
+                                "checkpoint, else from the data set "
                                 "the model's class count suggests: VOC 21, COCO 81/91, shapes 6).")
 
 
@@ -51,33 +52,25 @@ def load_model():
     if bool(CHECKPOINT.value) == bool(WEIGHTS.value):
         sys.exit("error: give exactly one of --checkpoint=DIR or --weights=FILE")
     try:
-        if CHECKPOINT.value:
-            return checkpoint.load_params(CHECKPOINT.value)
+        if CHECKPOINT.value:  # its class names travel with it (training and convert_weights store them)
+            params, config = checkpoint.load_params(CHECKPOINT.value)
+            return params, config, checkpoint.load_metadata(CHECKPOINT.value).get("class_names")
         state_dict = weights.load_state_dict(WEIGHTS.value)
         if FORMAT.value == "torchvision":
-            return weights.from_torchvision(state_dict), weights.torchvision_config(state_dict)
-        return weights.from_amdegroot(state_dict), weights.amdegroot_config(state_dict)
+            return weights.from_torchvision(state_dict), weights.torchvision_config(state_dict), None
+        return weights.from_amdegroot(state_dict), weights.amdegroot_config(state_dict), None
     except (FileNotFoundError, ValueError, ImportError) as error:
         sys.exit(f"error: {error}\n(train a model with experiments/train_voc.py, or convert published weights with "
                  f"experiments/convert_weights.py)")
 
 
-def default_class_names(num_classes: int):
-    """Names of classes 1..C-1 of the data set with ``num_classes`` classes, or None if none has that many."""
-    from ssd_jax.classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES, SHAPES_CLASS_NAMES, VOC_CLASS_NAMES
+def class_names(num_classes: int, stored=None):
+    """--class_names (checked against the model), else the names stored with the checkpoint, else
+    those of the known data set with that many classes; exits on a wrong count."""
+    from ssd_jax.classes import names_for_class_count
 
-    if num_classes == 91:  # torchvision's COCO head indexes by COCO category id
-        names = [str(k) for k in range(1, 91)]
-        for category, name in zip(COCO_CATEGORY_IDS, COCO_CLASS_NAMES):
-            names[category - 1] = name
-        return names
-    return {21: VOC_CLASS_NAMES, 81: COCO_CLASS_NAMES, len(SHAPES_CLASS_NAMES) + 1: SHAPES_CLASS_NAMES}.get(num_classes)
-
-
-def class_names(num_classes: int):
-    """--class_names, checked against the model, or the default names; exits on a wrong count."""
     if CLASS_NAMES.value is None:
-        return default_class_names(num_classes)
+        return stored or names_for_class_count(num_classes)
     if len(CLASS_NAMES.value) != num_classes - 1:
         sys.exit(f"error: --class_names has {len(CLASS_NAMES.value)} names but the model has {num_classes} classes: "
                  f"give {num_classes - 1} names, for classes 1..{num_classes - 1} (class 0 is the background)")
@@ -129,14 +122,13 @@ def png_bytes(picture) -> bytes:
 
 
 def coco_results(image_id: int, path: str, picture: str, boxes, scores, classes, height: int, width: int):
-    """One image's detections (normalised xyxy boxes) -> COCO result dicts with pixel xywh boxes."""
-    pixels = np.asarray(boxes, np.float64).reshape(-1, 4) * np.array([width, height, width, height])
-    return [{"image_id": image_id, "file_name": os.path.basename(path), "path": path, "picture": picture,
-             "category_id": int(cls),
-             "bbox": [round(float(box[0]), 2), round(float(box[1]), 2),
-                      round(float(box[2] - box[0]), 2), round(float(box[3] - box[1]), 2)],
-             "score": round(float(score), 5)}
-            for box, score, cls in zip(pixels, scores, classes)]
+    """One image's detections (normalised xyxy boxes) -> COCO result dicts with pixel xywh boxes
+    (``ssd_jax.evaluation.to_coco_results``), and where the image and its picture are."""
+    from ssd_jax.evaluation import ImageDetections, to_coco_results
+
+    detections = ImageDetections(image_id, boxes, scores, classes)
+    results = to_coco_results([detections], image_sizes={image_id: (height, width)})
+    return [{**result, "file_name": os.path.basename(path), "path": path, "picture": picture} for result in results]
 
 
 def read_batch(paths: list[str], first_id: int):
@@ -159,8 +151,8 @@ def main(argv):
         sys.exit("error: name one or more image files after the flags")
     out_dir = OUT_DIR.value
     check_out_dir(out_dir)
-    params, config = load_model()
-    names = class_names(config.num_classes)
+    params, config, stored_names = load_model()
+    names = class_names(config.num_classes, stored_names)
 
     import jax
 

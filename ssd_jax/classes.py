@@ -26,3 +26,16 @@ COCO_CLASS_NAMES = (
     "teddy bear", "hair drier", "toothbrush",
 )  # fmt: skip
 """COCO category id of our class k is COCO_CATEGORY_IDS[k - 1]; TFDS ``coco`` labels follow this order."""
+
+
+def names_for_class_count(num_classes: int) -> tuple[str, ...] | None:
+    """The names of classes 1..C-1 of the known data set with ``num_classes`` classes (background
+    included): VOC 21, COCO 81, torchvision's COCO layout 91 (a slot per category id, unused ids
+    named by their number), shapes 6; None for any other count. For weights that carry no names."""
+    if num_classes == 91:
+        names = [str(k) for k in range(1, 91)]
+        for category, name in zip(COCO_CATEGORY_IDS, COCO_CLASS_NAMES):
+            names[category - 1] = name
+        return tuple(names)
+    return {len(VOC_CLASS_NAMES) + 1: VOC_CLASS_NAMES, len(COCO_CLASS_NAMES) + 1: COCO_CLASS_NAMES,
+            len(SHAPES_CLASS_NAMES) + 1: SHAPES_CLASS_NAMES}.get(num_classes)

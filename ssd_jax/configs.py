@@ -27,7 +27,13 @@ TORCHVISION_DECODE_CLAMP = math.log(1000.0 / 16)
 # torchvision writes the same mean as fractions of 255 (0.48235, 0.45882, 0.40784).
 TORCHVISION_MEAN_RGB = (0.48235 * 255, 0.45882 * 255, 0.40784 * 255)
 
+# How default boxes are clipped to the image: 'none' (the Caffe original), 'wh' (torchvision:
+# widths and heights to at most 1), 'all' (every coordinate to [0, 1], as ports with clip=True do).
 PRIOR_CLIP_MODES = ("none", "wh", "all")
+# Convolutions per block of VGG16 (conv1_1, conv1_2 | conv2_1, conv2_2 | conv3_1 .. conv3_3 | ...).
+VGG16_BLOCK_DEPTHS = (2, 2, 3, 3, 3)
+# Fields of configs saved by earlier versions that are now training settings (train.default_config).
+_FORMER_FIELDS = ("match_iou_threshold", "neg_pos_ratio")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,20 +65,17 @@ class SSDConfig:
     aspect_ratios: tuple[tuple[float, ...], ...]
     # Model widths: VGG blocks conv1..conv5, fc6/fc7, extra blocks; convolutions per VGG block.
     backbone_widths: tuple[int, int, int, int, int] = (64, 128, 256, 512, 512)
-    backbone_depths: tuple[int, int, int, int, int] = (2, 2, 3, 3, 3)
+    backbone_depths: tuple[int, int, int, int, int] = VGG16_BLOCK_DEPTHS
     fc_width: int = 1024
     extras: tuple[ExtraLayer, ...] = ()
     # Box conventions.
     variances: tuple[float, float] = (0.1, 0.2)
-    prior_clip: str = "none"  # 'none' (Caffe), 'wh' (torchvision), 'all' (some ports)
+    prior_clip: str = "none"  # one of PRIOR_CLIP_MODES
     decode_clamp: float | None = None  # upper bound on the decoded log-scale, None for none
     clip_boxes: bool = True  # clip detections to the image
     # Input normalisation (RGB, subtracted from pixels in [0, 255]).
     mean_rgb: tuple[float, float, float] = IMAGENET_MEAN_RGB
     l2norm_scale: float | None = 20.0  # initial scale of conv4_3's L2Norm; None: no L2Norm
-    # Matching and loss.
-    match_iou_threshold: float = 0.5
-    neg_pos_ratio: float = 3.0
 
     def __post_init__(self):
         validate(self)
@@ -89,10 +92,6 @@ class SSDConfig:
     @property
     def num_priors(self) -> int:
         return sum(n * size * size for n, size in zip(self.boxes_per_location, self.feature_map_sizes))
-
-    @property
-    def source_channels(self) -> tuple[int, ...]:
-        return (self.backbone_widths[3], self.fc_width) + tuple(e.out for e in self.extras)
 
 
 def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
@@ -162,12 +161,8 @@ def validate(config: SSDConfig) -> None:
         raise ValueError(f"{name}: backbone_widths needs 5 positive widths and fc_width > 0")
     if len(config.backbone_depths) != 5 or min(config.backbone_depths) <= 0:
         raise ValueError(f"{name}: backbone_depths needs 5 positive convolution counts, got {config.backbone_depths}")
-    if not 0 < config.match_iou_threshold <= 1:
-        raise ValueError(f"{name}: match_iou_threshold must be in (0, 1], got {config.match_iou_threshold}")
     if config.l2norm_scale is not None and config.l2norm_scale <= 0:
         raise ValueError(f"{name}: l2norm_scale must be positive or None, got {config.l2norm_scale}")
-    if config.neg_pos_ratio < 0:
-        raise ValueError(f"{name}: neg_pos_ratio must be >= 0, got {config.neg_pos_ratio}")
 
 
 _SSD300_EXTRAS = (
@@ -244,17 +239,12 @@ def ssd512(num_classes: int = 21) -> SSDConfig:
 def ssd_tiny(num_classes: int = 21) -> SSDConfig:
     """A small SSD on 128-pixel inputs for CPUs: the same layer types, widths / 8, five sources.
 
-    The VGG blocks hold 1, 1, 2, 2, 2 convolutions instead of 2, 2, 3, 3, 3: the plain network
-    trains from scratch (no ImageNet backbone) and the full-resolution layers, which cost the
-    most on a CPU, run once. Source maps 16, 8, 4, 2, 1; default-box scales spread evenly from
-    0.1 to 0.9 of the image as in the paper's formula. Its grids are coarse for its box sizes,
-    so at the paper's IoU 0.5 an object matches few default boxes: it matches at 0.4, which
-    trains much faster. The extra blocks are wide (64 -> 128) since on maps of 4x4 and less
-    they cost almost nothing, and hard negative mining keeps 2 negatives per positive, not 3:
-    both raised VOC07 mAP on shapes after 2000 steps (0.564 -> 0.600, measured together). It has
-    no L2Norm on conv4_3: the quickstart trains it with BatchNorm (``train.default_config()
-    .batch_norm``), which keeps conv4_3's activations in scale, and with both, 800 steps reached
-    VOC07 mAP 0.43 instead of 0.52.
+    The VGG blocks hold 1, 1, 2, 2, 2 convolutions instead of 2, 2, 3, 3, 3, so that the
+    full-resolution layers, which cost the most on a CPU, run once. Source maps 16, 8, 4, 2, 1;
+    default-box scales spread evenly from 0.1 to 0.9 of the image as in the paper's formula. The
+    extra blocks are wide (64 -> 128): on maps of 4x4 and less they cost almost nothing. No
+    L2Norm on conv4_3: it is trained from scratch with BatchNorm, which keeps conv4_3's
+    activations in scale. How these were chosen: benchmarks/RESULTS.md (the quickstart recipe).
     """
     image_size = 128
     extras = (ExtraLayer(64, 128),) * 3  # 3x3, stride 2: 8 -> 4 -> 2 -> 1
@@ -275,8 +265,6 @@ def ssd_tiny(num_classes: int = 21) -> SSDConfig:
         fc_width=128,
         extras=extras,
         l2norm_scale=None,
-        match_iou_threshold=0.4,
-        neg_pos_ratio=2.0,
     )
 
 
@@ -302,8 +290,8 @@ def to_dict(config: SSDConfig) -> dict:
 
 
 def from_dict(values: dict) -> SSDConfig:
-    """Inverse of ``to_dict``; validates the result."""
-    values = dict(values)
+    """Inverse of ``to_dict``; validates the result. Accepts the dicts of earlier versions."""
+    values = {key: value for key, value in values.items() if key not in _FORMER_FIELDS}
     values["extras"] = tuple(ExtraLayer(**extra) for extra in values.get("extras", ()))
     values["aspect_ratios"] = tuple(tuple(r) for r in values["aspect_ratios"])
     for key, value in values.items():

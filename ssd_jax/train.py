@@ -83,6 +83,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.batch_size = 32  # global, over all devices and processes
     config.max_boxes = 100  # ground-truth boxes kept per image (the largest)
     config.shuffle_buffer = 2048
+    config.match_iou_threshold = 0.5  # a default box is positive at IoU >= this with a ground-truth box
+    config.neg_pos_ratio = 3.0  # hard negatives kept per positive
     config.zoom_out_probability = 0.5  # SSD's "expand" augmentation
     config.max_zoom_out = 4.0
     config.crop_probability = 1.0  # SSD's min-IoU crop sampler runs for every image
@@ -162,6 +164,8 @@ def config_problems(config: ml_collections.ConfigDict, *, device_count: int | No
     if device_count and isinstance(config.get("batch_size"), int) and config.batch_size % device_count:
         problems.append(f"batch_size={config.batch_size}: must be a multiple of the {device_count} devices")
     check("max_boxes", integer(1), "an integer >= 1")
+    check("match_iou_threshold", number(0, 1, low_open=True), "a number in (0, 1]")
+    check("neg_pos_ratio", number(0), "a finite number >= 0")
     check("shuffle_buffer", integer(1), "an integer >= 1")
     check("zoom_out_probability", number(0, 1), "a probability in [0, 1]")
     check("max_zoom_out", number(1), "a number >= 1")
@@ -291,20 +295,22 @@ def inference_params(state: TrainState):
 
 # ----------------------------------------------------------------------------- the update step
 def train_step(state: TrainState, batch: dict, *, model_config: SSDConfig, optimizer, schedule,
-               compute_dtype=jnp.float32, frozen: int = 0, gradients: str = "xla") -> tuple[TrainState, dict]:
+               compute_dtype=jnp.float32, frozen: int = 0, gradients: str = "xla", match_iou_threshold: float = 0.5,
+               neg_pos_ratio: float = 3.0) -> tuple[TrainState, dict]:
     """One SGD step on a batch -> (new state, metrics).
 
     Args:
       batch: image uint8 [B, S, S, 3], boxes float32 [B, G, 4], labels int32 [B, G], mask [B, G].
       frozen: leading VGG blocks without gradient: XLA then skips their whole backward pass.
       gradients: the model's gradient rules (``ssd_jax.models.fast_grads``).
+      match_iou_threshold, neg_pos_ratio: matching and hard negative mining (the paper's 0.5 and 3).
     Returns:
       metrics: scalars 'loss', 'loss/localization', 'loss/confidence', 'positives', 'negatives',
         'grad_norm', 'learning_rate'.
     """
     prior_boxes = jnp.asarray(priors(model_config))
     targets = match_batch(prior_boxes, batch["boxes"], batch["labels"], batch["mask"],
-                          iou_threshold=model_config.match_iou_threshold, variances=model_config.variances)
+                          iou_threshold=match_iou_threshold, variances=model_config.variances)
 
     batch_norm = uses_batch_norm(state)
     model = SSD(model_config, dtype=compute_dtype, batch_norm=batch_norm, gradients=gradients)
@@ -320,7 +326,7 @@ def train_step(state: TrainState, batch: dict, *, model_config: SSDConfig, optim
             locations, logits = model.apply({"params": params}, batch["image"])
             batch_stats = state.batch_stats
         loss = multibox_loss(locations, logits, targets.locations, targets.labels, targets.positive,
-                             neg_pos_ratio=model_config.neg_pos_ratio)
+                             neg_pos_ratio=neg_pos_ratio)
         return loss.total, (loss, batch_stats)
 
     (_, (loss, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -360,7 +366,8 @@ def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
 
 
 def jit_train_step(model_config: SSDConfig, optimizer, schedule, mesh, compute_dtype=jnp.float32, *,
-                   frozen: int = 0, gradients: str = "auto"):
+                   frozen: int = 0, gradients: str = "auto", match_iou_threshold: float = 0.5,
+                   neg_pos_ratio: float = 3.0):
     """``train_step`` jitted for ``mesh``: state replicated, batch split; the state is donated.
 
     ``gradients="auto"``: the gradient rules that train fastest on the mesh's devices."""
@@ -368,7 +375,8 @@ def jit_train_step(model_config: SSDConfig, optimizer, schedule, mesh, compute_d
     if gradients == "auto":
         gradients = training_gradients(mesh.devices.flat[0].platform)
     step = functools.partial(train_step, model_config=model_config, optimizer=optimizer, schedule=schedule,
-                             compute_dtype=compute_dtype, frozen=frozen, gradients=gradients)
+                             compute_dtype=compute_dtype, frozen=frozen, gradients=gradients,
+                             match_iou_threshold=float(match_iou_threshold), neg_pos_ratio=float(neg_pos_ratio))
     return jax.jit(step, in_shardings=(replicated, NamedSharding(mesh, P("data"))),
                    out_shardings=(replicated, replicated), donate_argnums=0)
 
@@ -472,7 +480,8 @@ def _train_and_evaluate(config, workdir: str, *, evaluate_fn, progress: bool) ->
     schedule = learning_rate_schedule(config)
     compute_dtype = jnp.dtype(config.compute_dtype)
     update = jit_train_step(model_config, optimizer, schedule, mesh, compute_dtype, frozen=frozen_blocks(config),
-                            gradients=config.get("gradients", "auto"))
+                            gradients=config.gradients, match_iou_threshold=config.match_iou_threshold,
+                            neg_pos_ratio=config.neg_pos_ratio)
 
     # --- state: restored from the latest checkpoint, or fresh
     checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
@@ -518,16 +527,10 @@ def _train_and_evaluate(config, workdir: str, *, evaluate_fn, progress: bool) ->
 
     # --- evaluation
     if evaluate_fn is None and config.eval_every:
-        evaluate_fn = _default_evaluator(config, model_config, spec, workdir)
+        evaluate_fn = _default_evaluator(config, model_config, workdir)
 
-    # --- logging
-    writer = _summary_writer(workdir) if is_main else None
-
-    def log(step, scalars):
-        if writer is not None:
-            writer(step, scalars)
-        if is_main:
-            workdir_lib.append_history(workdir, step, scalars)
+    # --- logging: metrics.jsonl and TensorBoard, by process 0
+    log = workdir_lib.MetricLog(workdir) if is_main else (lambda step, scalars: None)
 
     def save(step, wait=False):
         # The NaN guard above checks the loss of the step before; the state after this step's
@@ -586,9 +589,9 @@ def _train_and_evaluate(config, workdir: str, *, evaluate_fn, progress: bool) ->
     if is_main:
         from ssd_jax.evaluation import plots
 
-        # The latest parameters, ready for detect / evaluate.py / detect_images.py.
+        # The latest parameters, ready for detect / evaluate.py / detect_images.py, with the class names.
         save_params(os.path.join(workdir, "params"), jax.device_get(inference_params(state)), model_config,
-                    overwrite=True)
+                    metadata={"class_names": list(spec.class_names), "dataset": config.dataset}, overwrite=True)
         plots.plot_training_curve(os.path.join(workdir, workdir_lib.HISTORY_FILE),
                                   os.path.join(workdir, "training_curve.png"))
     return last
@@ -607,36 +610,15 @@ def restore_train_state(workdir: str, config: ml_collections.ConfigDict) -> tupl
         checkpoints.close()
 
 
-def _summary_writer(workdir: str):
-    import tensorflow as tf
-
-    writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-
-    def write(step, scalars):
-        with writer.as_default(step=step):
-            for name, value in scalars.items():
-                tf.summary.scalar(name, float(value))
-        writer.flush()
-
-    return write
-
-
-def _default_evaluator(config, model_config: SSDConfig, spec, workdir: str):
+def _default_evaluator(config, model_config: SSDConfig, workdir: str):
     """Evaluates on the data set's evaluation split; writes the AP picture of each evaluation."""
-    from ssd_jax.classes import COCO_CATEGORY_IDS
-    from ssd_jax.data import pipeline
-    from ssd_jax.evaluation import Evaluator, plots
-
-    evaluator = Evaluator(model_config, batch_size=config.eval_batch_size, class_names=spec.class_names,
-                          coco_category_ids=COCO_CATEGORY_IDS if config.dataset == "coco" else None,
-                          iou_convention=spec.voc_iou)
+    from ssd_jax.evaluation import datasets as evaluation
+    from ssd_jax.evaluation import plots
 
     def evaluate(params, step):
-        source = pipeline.tfds_source(config.dataset, "eval", data_dir=config.get("data_dir"))
-        batches = pipeline.as_numpy(pipeline.eval_dataset(source, batch_size=config.eval_batch_size,
-                                                          image_size=model_config.image_size,
-                                                          max_boxes=config.max_boxes))
-        metrics = evaluator.run(params, batches)
+        metrics, evaluator, _, _ = evaluation.evaluate_split(params, model_config, config.dataset,
+                                                             batch_size=config.eval_batch_size,
+                                                             data_dir=config.get("data_dir"))
         per_class = {name: metrics[f"AP/{name}"] for name in evaluator.class_names}
         plots.plot_class_ap(per_class, os.path.join(workdir, "class_ap.png"), mean_ap=metrics["voc_mAP"],
                             title=f"step {step}, all-point AP")

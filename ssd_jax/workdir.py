@@ -146,9 +146,23 @@ def record_run(workdir: str, config: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- history
-def append_history(workdir: str, step: int, scalars: dict) -> None:
-    with open(os.path.join(workdir, HISTORY_FILE), "a") as f:
-        f.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+class MetricLog:
+    """Writes each step's scalars to metrics.jsonl and TensorBoard (``log(step, scalars)``)."""
+
+    def __init__(self, workdir: str):
+        import tensorflow as tf  # training imports TensorFlow anyway (the input pipeline)
+
+        self.path = os.path.join(workdir, HISTORY_FILE)
+        self.tf = tf
+        self.writer = tf.summary.create_file_writer(os.path.join(workdir, TENSORBOARD_DIR))
+
+    def __call__(self, step: int, scalars: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+        with self.writer.as_default(step=step):
+            for name, value in scalars.items():
+                self.tf.summary.scalar(name, float(value))
+        self.writer.flush()
 
 
 def truncate_history(workdir: str, step: int) -> int:

@@ -34,7 +34,7 @@ def test_tfds_training_and_eval_batches_under_mock_data(dataset, num_classes):
         for _ in range(4):
             check_train_batch(next(batches), 4, 10, num_classes)
         eval_batches = list(pipeline.as_numpy(pipeline.eval_dataset(
-            pipeline.tfds_source(dataset, "eval"), batch_size=4, image_size=SIZE, max_boxes=10)))
+            pipeline.tfds_source(dataset, "eval"), batch_size=4, image_size=SIZE)))
     assert [len(b["image"]) for b in eval_batches] == [4, 2]  # one pass; the last batch is short
     for batch in eval_batches:
         assert batch["image"].shape[1:] == (SIZE, SIZE, 3)

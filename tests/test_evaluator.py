@@ -32,7 +32,7 @@ def params():
 
 @pytest.fixture(scope="module")
 def data():
-    """One evaluation split of 7 images as a single batch dict (README_FORMATS.md)."""
+    """One evaluation split of 7 images as a single batch dict (the format of ssd_jax.data.pipeline)."""
     rng = np.random.default_rng(0)
     corners = np.sort(rng.uniform(0, 1, (NUM_IMAGES, MAX_OBJECTS, 2, 2)), axis=2)
     counts = np.array([0, 1, 5, 3, 2, 4, 1])  # objects per image, one image without any

@@ -18,6 +18,7 @@ from absl import logging
 
 from ssd_jax import image_io
 from ssd_jax.classes import VOC_CLASS_NAMES
+from ssd_jax.data import pipeline
 
 CANONICAL_SIGNATURE = {
     "image": tf.TensorSpec([None, None, 3], tf.uint8),
@@ -47,16 +48,15 @@ def read_image(path: str) -> np.ndarray:
 
 
 def _canonical(image, boxes_xyxy_pixels, labels, difficult, image_id, stats: SkipStats):
-    """Normalises pixel boxes and drops degenerate or out-of-image ones (counted)."""
+    """Normalises pixel boxes, clips them and drops degenerate ones (counted): the pipeline's rule."""
     height, width = image.shape[:2]
     boxes = np.asarray(boxes_xyxy_pixels, np.float32).reshape(-1, 4) / np.array([width, height, width, height],
                                                                                np.float32)
-    good = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    good &= np.all((boxes >= -1e-3) & (boxes <= 1 + 1e-3), axis=1)
+    boxes, good = (np.asarray(t) for t in pipeline.clip_and_keep(boxes))
     stats["bad_boxes"] += int(np.sum(~good))
     return {
         "image": image,
-        "boxes": np.clip(boxes[good], 0.0, 1.0),
+        "boxes": boxes[good],
         "labels": np.asarray(labels, np.int32)[good],
         "difficult": np.asarray(difficult, bool)[good],
         "image_id": np.int64(image_id),
@@ -115,7 +115,7 @@ def voc_examples(root: str, year: str = "2007", image_set: str = "trainval", sta
             stats["corrupt_images"] += 1
             logging.warning("skipping %s: unreadable image (%s)", image_name, error)
             continue
-        image_id = int("".join(c for c in image_name if c.isdigit()) or 0)
+        image_id = int(pipeline.image_id_from_filename(tf.constant(image_name)))
         yield _canonical(image, boxes, labels, difficult, image_id, stats)
 
 

@@ -8,43 +8,48 @@ A *canonical example* is a dict of TF tensors, whatever the source:
   image_id   int64 []
 
 Training batches (numpy): image uint8 [B, S, S, 3], boxes float32 [B, G, 4], labels int32 [B, G]
-(0 = padding), mask bool [B, G]. Evaluation batches add difficult [B, G], image_id [B] and
-original_size [B, 2] (height, width); their images are only resized.
+(0 = padding), mask bool [B, G], G = the config's max_boxes. Evaluation batches add difficult
+[B, G], image_id [B] and original_size [B, 2] (height, width); their images are only resized,
+and G is the largest object count of the batch: evaluation never drops ground truth.
+
+A data set is described once, in ``DATASETS``: where its splits come from, how its records
+become canonical examples, its class names and the source's own category ids, what training
+does with its difficult (VOC) or crowd (COCO) objects, and how its VOC metric measures overlap.
 """
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from ssd_jax.classes import COCO_CLASS_NAMES, VOC_CLASS_NAMES
+from ssd_jax.classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES, SHAPES_CLASS_NAMES, VOC_CLASS_NAMES
 from ssd_jax.data import augment
-from ssd_jax.data.shapes import CLASS_NAMES as SHAPES_CLASS_NAMES
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 
 # ----------------------------------------------------------------------------- canonical form
-def valid_box_mask(boxes):
-    """Boxes [N, 4] with positive width and height, inside [0, 1] -> bool [N]."""
-    positive = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    inside = tf.reduce_all((boxes >= 0.0) & (boxes <= 1.0), axis=-1)
-    return positive & inside
+# The rules every source follows (TFDS here, ssd_jax.data.local for files on disk):
+# - a box is clipped to the image, then kept if it still has a positive width and height;
+# - an image's id is the number in its file name ('000005.jpg' -> 5), or a hash of the name.
+def clip_and_keep(boxes):
+    """Corner boxes [N, 4], normalised -> (boxes clipped to [0, 1], bool [N] kept: positive area)."""
+    boxes = tf.clip_by_value(tf.cast(boxes, tf.float32), 0.0, 1.0)
+    return boxes, (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
 def canonical(image, boxes_yxyx, labels, difficult, image_id):
-    """Builds a canonical example from TFDS-style fields; drops degenerate boxes.
+    """Builds a canonical example from TFDS-style fields; clips boxes, drops degenerate ones.
 
     Object fields of unequal length (a damaged record; TFDS's random mock data does this too)
     are cut to their common length rather than failing.
     """
     count = tf.reduce_min([tf.shape(boxes_yxyx)[0], tf.shape(labels)[0], tf.shape(difficult)[0]])
-    boxes = tf.gather(tf.cast(boxes_yxyx[:count], tf.float32), [1, 0, 3, 2], axis=-1)
-    keep = valid_box_mask(boxes)
+    boxes, keep = clip_and_keep(tf.gather(tf.cast(boxes_yxyx[:count], tf.float32), [1, 0, 3, 2], axis=-1))
     return {
         "image": image if image.dtype == tf.string else tf.cast(image, tf.uint8),  # string: still encoded
         "boxes": tf.boolean_mask(boxes, keep),
@@ -84,43 +89,76 @@ def drop_difficult(example):
     return {**example, **{k: tf.boolean_mask(example[k], keep) for k in ("boxes", "labels", "difficult")}}
 
 
-# ----------------------------------------------------------------------------- TFDS sources
-# voc_iou: the IoU of its VOC metrics. VOC's annotations are inclusive integer pixel ranges (TFDS
-# keeps the XML's corners as they are), so they are scored as the devkit scores them ("devkit":
-# width = xmax - xmin + 1); the synthetic shapes and COCO boxes are continuous corners.
-DatasetSpec = collections.namedtuple("DatasetSpec", "train eval adapter num_classes class_names voc_iou",
-                                     defaults=("continuous",))
+# ----------------------------------------------------------------------------- data sets
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What the pipelines, training and evaluation need to know about one data set.
 
-# (tfds name, split) lists; num_classes includes background.
+    train, eval: the (TFDS name, split) parts of each split, concatenated.
+    adapter: a TFDS record -> a canonical example.
+    class_names: the names of classes 1..C-1.
+    category_ids: the source's own id of each class (COCO's category ids), for results files in
+      the source's terms; None: the class number itself.
+    train_on_difficult: whether training keeps the objects marked ``difficult``: VOC's hard
+      objects, yes (the reference SSD trains on them); COCO's crowd regions, no.
+    voc_iou: the IoU of its VOC metric: "devkit" where boxes are inclusive integer pixel ranges
+      (VOC's annotations, kept as they are by TFDS and ssd_jax.data.local), "continuous" for
+      continuous corners (the synthetic shapes, COCO).
+    generated: built here, offline, the first time it is used (the synthetic shapes); the others
+      must be prepared where there is internet.
+    """
+
+    train: tuple[tuple[str, str], ...]
+    eval: tuple[tuple[str, str], ...]
+    adapter: Callable
+    class_names: tuple[str, ...]
+    category_ids: tuple[int, ...] | None = None
+    train_on_difficult: bool = True
+    voc_iou: str = "continuous"
+    generated: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        """Classes with the background."""
+        return len(self.class_names) + 1
+
+
 DATASETS = {
-    "voc": DatasetSpec(train=[("voc/2007", "train+validation"), ("voc/2012", "train+validation")],
-                       eval=[("voc/2007", "test")], adapter=from_voc_like, num_classes=21,
-                       class_names=VOC_CLASS_NAMES, voc_iou="devkit"),
-    "coco": DatasetSpec(train=[("coco/2017", "train")], eval=[("coco/2017", "validation")],
-                        adapter=from_coco, num_classes=81, class_names=COCO_CLASS_NAMES),
-    "shapes": DatasetSpec(train=[("shapes", "train")], eval=[("shapes", "test")], adapter=from_voc_like,
-                          num_classes=len(SHAPES_CLASS_NAMES) + 1, class_names=SHAPES_CLASS_NAMES),
+    "voc": DatasetSpec(train=(("voc/2007", "train+validation"), ("voc/2012", "train+validation")),
+                       eval=(("voc/2007", "test"),), adapter=from_voc_like, class_names=VOC_CLASS_NAMES,
+                       voc_iou="devkit"),
+    "coco": DatasetSpec(train=(("coco/2017", "train"),), eval=(("coco/2017", "validation"),), adapter=from_coco,
+                        class_names=COCO_CLASS_NAMES, category_ids=COCO_CATEGORY_IDS, train_on_difficult=False),
+    "shapes": DatasetSpec(train=(("shapes", "train"),), eval=(("shapes", "test"),), adapter=from_voc_like,
+                          class_names=SHAPES_CLASS_NAMES, generated=True),
     # 16 / 8 images: for tests and instant demos.
-    "shapes_tiny": DatasetSpec(train=[("shapes/tiny", "train")], eval=[("shapes/tiny", "test")],
-                               adapter=from_voc_like, num_classes=len(SHAPES_CLASS_NAMES) + 1,
-                               class_names=SHAPES_CLASS_NAMES),
+    "shapes_tiny": DatasetSpec(train=(("shapes/tiny", "train"),), eval=(("shapes/tiny", "test"),),
+                               adapter=from_voc_like, class_names=SHAPES_CLASS_NAMES, generated=True),
 }
 
 
+def dataset_spec(name: str) -> DatasetSpec:
+    """The description of data set ``name``; ``ValueError`` naming the known ones otherwise."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[name]
+
+
+# ----------------------------------------------------------------------------- TFDS sources
 class DatasetNotPreparedError(FileNotFoundError):
     """A TFDS data set that is not on disk; the message says how to prepare it."""
 
 
-def _builder(name: str, data_dir: str | None):
+def _builder(name: str, data_dir: str | None, *, generated: bool):
     import tensorflow_datasets as tfds
 
-    if name.split("/")[0] == "shapes":
-        builder = tfds.builder(name, data_dir=data_dir)
-        if not builder.is_prepared():
-            logging.info("generating the built-in shapes data set (offline, seconds)")
-            builder.download_and_prepare()
-        return builder
-    return tfds.builder(name, data_dir=data_dir)
+    if generated:
+        from ssd_jax.data import shapes  # noqa: F401  (registers the builder with TFDS)
+    builder = tfds.builder(name, data_dir=data_dir)
+    if generated and not builder.is_prepared():
+        logging.info("generating the %s data set (offline, seconds)", name)
+        builder.download_and_prepare()
+    return builder
 
 
 def _not_prepared(name: str, data_dir: str | None, error: Exception) -> DatasetNotPreparedError:
@@ -133,20 +171,20 @@ def _not_prepared(name: str, data_dir: str | None, error: Exception) -> DatasetN
 
 def tfds_source(dataset: str, split: str, *, data_dir: str | None = None, shuffle_files: bool = False,
                 process_index: int = 0, process_count: int = 1, decode: bool = True) -> tf.data.Dataset:
-    """Canonical examples of ``dataset`` ('voc', 'coco', 'shapes') for split 'train' or 'eval'.
+    """Canonical examples of ``dataset`` (a key of ``DATASETS``) for split 'train' or 'eval'.
 
-    With several processes each reads its own disjoint part (``tfds.split_for_jax_process``).
-    ``decode=False`` leaves images encoded (a string tensor) for ``train_dataset`` to decode
-    after skipping, so that resuming far into a run does not decode every skipped image.
+    The training split leaves out the objects the data set does not train on (COCO's crowd
+    regions: ``DatasetSpec.train_on_difficult``). With several processes each reads its own
+    disjoint part (``tfds.split_for_jax_process``). ``decode=False`` leaves images encoded (a
+    string tensor) for ``train_dataset`` to decode after skipping, so that resuming far into a
+    run does not decode every skipped image.
     """
     import tensorflow_datasets as tfds
 
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
-    spec = DATASETS[dataset]
+    spec = dataset_spec(dataset)
     parts = []
     for name, tfds_split in getattr(spec, split):
-        builder = _builder(name, data_dir)
+        builder = _builder(name, data_dir, generated=spec.generated)
         if process_count > 1:
             tfds_split = tfds.split_for_jax_process(tfds_split, process_index=process_index,
                                                     process_count=process_count)
@@ -157,7 +195,10 @@ def tfds_source(dataset: str, split: str, *, data_dir: str | None = None, shuffl
                                     decoders=decoders)
         except AssertionError as error:  # what TFDS raises for data that was never prepared
             raise _not_prepared(name, data_dir, error) from error
-        parts.append(ds.map(spec.adapter, num_parallel_calls=AUTOTUNE))
+        ds = ds.map(spec.adapter, num_parallel_calls=AUTOTUNE)
+        if split == "train" and not spec.train_on_difficult:
+            ds = ds.map(drop_difficult, num_parallel_calls=AUTOTUNE)
+        parts.append(ds)
     source = parts[0]
     for part in parts[1:]:
         source = source.concatenate(part)
@@ -225,13 +266,16 @@ def resize_for_eval(example, image_size: int):
             "original_size": tf.cast(original_size, tf.int32)}
 
 
-def eval_dataset(source: tf.data.Dataset, *, batch_size: int, image_size: int,
-                 max_boxes: int = 100) -> tf.data.Dataset:
-    """One pass over ``source`` in batches; the last batch may be smaller."""
-    ds = source.map(lambda ex: pad_objects(resize_for_eval(ex, image_size), max_boxes,
-                                           keys=("boxes", "labels", "difficult")),
-                    num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size).prefetch(AUTOTUNE)
+def eval_dataset(source: tf.data.Dataset, *, batch_size: int, image_size: int) -> tf.data.Dataset:
+    """One pass over ``source`` in batches; the last batch may be smaller. Objects are padded to
+    the largest count of each batch (with ``mask``), never cut: every ground-truth box is scored."""
+
+    def prepare(example):
+        example = resize_for_eval(example, image_size)
+        fields = ("image", "boxes", "labels", "difficult", "image_id", "original_size")
+        return {**{k: example[k] for k in fields}, "mask": tf.ones_like(example["labels"], tf.bool)}
+
+    return source.map(prepare, num_parallel_calls=AUTOTUNE).padded_batch(batch_size).prefetch(AUTOTUNE)
 
 
 def as_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:

@@ -19,6 +19,7 @@ from ssd_jax.evaluation.voc import (
     mean_ap,
     precision_recall_curves,
 )
+from ssd_jax.nms import DEFAULTS
 
 
 def pad_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -88,7 +89,7 @@ def _require_images(ground_truths: Sequence[ImageGroundTruth]) -> None:
 
 
 class Evaluator:
-    """Detection metrics of a model on evaluation batches (``ssd_jax/data/README_FORMATS.md``).
+    """Detection metrics of a model on evaluation batches (the format of ``ssd_jax.data.pipeline``).
 
     ``detect`` always sees ``batch_size`` images: a smaller last batch is padded with zero images,
     whose detections are dropped, so the program compiles once.
@@ -109,10 +110,10 @@ class Evaluator:
         *,
         batch_size: int,
         class_names: Sequence[str] | None = None,
-        score_threshold: float = 0.01,
-        iou_threshold: float = 0.45,
-        pre_nms_top_k: int = 400,
-        max_detections: int = 200,
+        score_threshold: float = DEFAULTS.score_threshold,
+        iou_threshold: float = DEFAULTS.iou_threshold,
+        pre_nms_top_k: int = DEFAULTS.pre_nms_top_k,
+        max_detections: int = DEFAULTS.max_detections,
         coco_category_ids: Sequence[int] | None = None,
         iou_convention: str = "devkit",
         class_map: Sequence[int] | None = None,

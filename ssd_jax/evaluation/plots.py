@@ -101,7 +101,8 @@ def plot_precision_recall(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], p
 
 
 def plot_training_curve(history_path, path) -> str | None:
-    """The loss (and mAP, when evaluated) against the step, from a ``metrics.jsonl`` -> ``path``.
+    """The loss, its parts and the learning rate (and mAP, when evaluated) against the step, from a
+    ``metrics.jsonl`` -> ``path``.
 
     Returns None when the history holds no loss yet.
     """
@@ -120,10 +121,19 @@ def plot_training_curve(history_path, path) -> str | None:
     if losses[0][2] is not None:
         loss_axes.plot(steps, [loc for _, _, loc, _ in losses], label="localization", alpha=0.7)
         loss_axes.plot(steps, [conf for _, _, _, conf in losses], label="confidence", alpha=0.7)
-    loss_axes.set(xlabel="step", ylabel="multibox loss", title="training loss")
+    loss_axes.set(xlabel="step", ylabel="multibox loss", title="training loss and learning rate")
     loss_axes.set_yscale("log")
     loss_axes.grid(alpha=0.3)
-    loss_axes.legend()
+    rates = [(r["step"], r["learning_rate"]) for r in records if "learning_rate" in r]
+    handles, labels = loss_axes.get_legend_handles_labels()
+    if rates:
+        rate_axes = loss_axes.twinx()
+        (line,) = rate_axes.plot([s for s, _ in rates], [v for _, v in rates], color="gray", linestyle=":",
+                                 label="learning rate")
+        rate_axes.set_ylabel("learning rate")
+        rate_axes.set_ylim(bottom=0)
+        handles, labels = handles + [line], labels + ["learning rate"]
+    loss_axes.legend(handles, labels)
     if maps:
         map_axes = figure.add_subplot(1, 2, 2)
         map_axes.plot([s for s, *_ in maps], [m for _, m, _ in maps], "o-", label="VOC07 11-point mAP")

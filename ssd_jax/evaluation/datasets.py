@@ -1,0 +1,126 @@
+"""Evaluation on a data set's evaluation split: the one path that training, experiments/evaluate.py
+and the detection pictures share. Imports TensorFlow (the input pipeline); the metrics themselves
+(``ssd_jax.evaluation``) do not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+
+import numpy as np
+
+from ssd_jax.configs import SSDConfig
+from ssd_jax.data import pipeline
+from ssd_jax.evaluation import plots
+from ssd_jax.evaluation.evaluator import Evaluator
+
+REPORT_FILES = ("metrics.json", "class_ap.png", "precision_recall.png")
+
+
+class EvaluationError(ValueError):
+    """The model does not fit the data set, or the split is empty; the message says what to do."""
+
+
+def class_map_for(model_config: SSDConfig, dataset: str) -> np.ndarray | None:
+    """The model-class -> data-set-class map: None when the model's classes are the data set's;
+    for a model whose class slots are the source's category ids (torchvision's 91 COCO slots),
+    the map onto the data set's classes. ``EvaluationError`` for any other class count."""
+    spec = pipeline.dataset_spec(dataset)
+    if model_config.num_classes == spec.num_classes:
+        return None
+    if spec.category_ids is not None and model_config.num_classes == max(spec.category_ids) + 1:
+        table = np.zeros(model_config.num_classes, np.int64)  # unused slots (and background) -> 0: dropped
+        table[list(spec.category_ids)] = np.arange(1, len(spec.category_ids) + 1)
+        return table
+    raise EvaluationError(f"the model has {model_config.num_classes} classes but {dataset} has {spec.num_classes} "
+                          f"(with background): evaluate it on the data set it was trained for")
+
+
+def evaluator_for(model_config: SSDConfig, dataset: str, *, batch_size: int, iou_convention: str | None = None,
+                  **detect_options) -> Evaluator:
+    """An ``Evaluator`` with the data set's class names, category ids and VOC IoU convention."""
+    spec = pipeline.dataset_spec(dataset)
+    return Evaluator(model_config, batch_size=batch_size, class_names=spec.class_names,
+                     coco_category_ids=spec.category_ids, iou_convention=iou_convention or spec.voc_iou,
+                     class_map=class_map_for(model_config, dataset), **detect_options)
+
+
+def evaluation_batches(dataset: str, *, image_size: int, batch_size: int, data_dir: str | None = None
+                       ) -> Iterator[dict[str, np.ndarray]]:
+    """The evaluation split's numpy batches (images resized to ``image_size``, all objects kept)."""
+    source = pipeline.tfds_source(dataset, "eval", data_dir=data_dir)
+    return pipeline.as_numpy(pipeline.eval_dataset(source, batch_size=batch_size, image_size=image_size))
+
+
+def check_writable(directory: str) -> None:
+    """Creates ``directory`` and writes (and removes) a probe file there; ``OSError`` if it cannot."""
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write_probe_"):
+        pass
+
+
+def evaluate_split(params, model_config: SSDConfig, dataset: str, *, batch_size: int, data_dir: str | None = None,
+                   iou_convention: str | None = None, progress: bool = False):
+    """Detects on the whole evaluation split -> (metrics, evaluator, detections, ground truths).
+
+    Raises ``EvaluationError`` if the split is empty (saying where it came from).
+    """
+    evaluator = evaluator_for(model_config, dataset, batch_size=batch_size, iou_convention=iou_convention)
+    batches = evaluation_batches(dataset, image_size=model_config.image_size, batch_size=batch_size,
+                                 data_dir=data_dir)
+    detections, truths = evaluator.collect(params, batches, progress=progress)
+    if not truths:
+        parts = ", ".join(f"{name} split {split!r}" for name, split in pipeline.dataset_spec(dataset).eval)
+        raise EvaluationError(f"the evaluation split of {dataset} is empty: TFDS {parts} in "
+                              f"{data_dir or 'the default TFDS data directory'} gave no images; prepare the data "
+                              f"set again or check the data directory")
+    return evaluator.metrics(detections, truths), evaluator, detections, truths
+
+
+def write_report(out_dir: str, metrics: dict, evaluator: Evaluator, detections=None, truths=None, *,
+                 title: str) -> list[str]:
+    """metrics.json, class_ap.png and (with the records) precision_recall.png -> the paths written."""
+    os.makedirs(out_dir, exist_ok=True)
+    written = [os.path.join(out_dir, "metrics.json")]
+    with open(written[0], "w") as f:
+        json.dump({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}, f,
+                  indent=2)
+    per_class = {name: metrics[f"AP/{name}"] for name in evaluator.class_names}
+    written.append(plots.plot_class_ap(per_class, os.path.join(out_dir, "class_ap.png"), mean_ap=metrics["voc_mAP"],
+                                       title=f"{title}, all-point AP"))
+    if detections is not None and truths is not None:
+        curves = {name: (curve.recall, curve.precision)
+                  for name, curve in evaluator.curves(detections, truths).items()}
+        written.append(plots.plot_precision_recall(curves, os.path.join(out_dir, "precision_recall.png"),
+                                                   per_class_ap=per_class))
+    return written
+
+
+def draw_split_detections(params, model_config: SSDConfig, dataset: str, path: str, *, count: int = 12,
+                          data_dir: str | None = None) -> str:
+    """The model's detections drawn on the first ``count`` evaluation images -> ``path``."""
+    import ssd_jax
+    from ssd_jax import visualize
+
+    batch = next(evaluation_batches(dataset, image_size=model_config.image_size, batch_size=count,
+                                    data_dir=data_dir))
+    detections = ssd_jax.detect(params, batch["image"], config=model_config)
+    sheet = visualize.detection_sheet(detections, batch["image"], pipeline.dataset_spec(dataset).class_names)
+    sheet.save(path)
+    return path
+
+
+def format_table(metrics: dict, class_names) -> str:
+    """The per-class AP table (markdown) and a line of COCO-style metrics."""
+    def cell(value):
+        return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
+
+    lines = ["| class | AP (VOC07 11-point) | AP (all-point) |", "|---|---|---|"]
+    lines += [f"| {name} | {cell(metrics[f'AP07/{name}'])} | {cell(metrics[f'AP/{name}'])} |" for name in class_names]
+    lines.append(f"| **mAP** | **{cell(metrics['voc07_mAP'])}** | **{cell(metrics['voc_mAP'])}** |")
+    coco = ", ".join(f"{key[5:]} {cell(value)}" for key, value in metrics.items() if key.startswith("coco/"))
+    return "\n".join(lines) + f"\n\nCOCO-style: {coco}"
