@@ -1,13 +1,19 @@
-"""Shared command line of the training scripts: flags, device checks, multi-host start-up, and
-the run itself with its one-line errors and exit codes."""
+"""The training command line, shared by experiments/train.py and its aliases train_voc.py and
+train_coco.py: flags, the --dataset shortcut, device checks, multi-host start-up, and the run
+itself with its one-line errors and exit codes."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from absl import flags, logging
+from absl import app, flags, logging
 from ml_collections import config_flags
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+# --dataset=NAME: the data set's recipe, with the data set itself set in it.
+DATASET_CONFIGS = {"voc": "voc_ssd300.py", "coco": "coco_ssd300.py", "shapes": "shapes_ssd_tiny.py",
+                   "shapes_tiny": "shapes_ssd_tiny.py"}
 
 ACCEL = flags.DEFINE_enum("accel", "cpu", ["gpu", "tpu", "cpu"], "Accelerator to train on; checked before training.")
 WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, metrics and pictures go here; an "
@@ -19,20 +25,80 @@ DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-host with the clust
                                 "SLURM, ...): jax.distributed.initialize() without arguments.")
 SHOW_CONFIG = flags.DEFINE_bool("show_config", False, "Print the training config (every field, after the "
                                 "--config.FIELD overrides) and exit.")
+DATASET = flags.DEFINE_enum("dataset", None, sorted(DATASET_CONFIGS),
+                            "Shortcut: train on this data set with its recipe "
+                            f"({', '.join(f'{k}: {v}' for k, v in DATASET_CONFIGS.items())}), unless --config "
+                            "names another file; --config.FIELD overrides apply on top.")
+CONFIG = None  # the --config flag, defined by define_config_flag
 
 
-def define_config_flag(default_file: str):
-    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
-    return config_flags.DEFINE_config_file("config", os.path.join(here, default_file),
-                                           "Training config file (get_config()); override fields with "
-                                           "--config.FIELD=VALUE; --show_config lists the fields.")
+def define_config_flag(default_file: str) -> list[str]:
+    """Defines --config (default: ``default_file`` of experiments/configs) for the command line with
+    the --dataset shortcut applied -> that command line, for ``main``. ml_collections reads the
+    command line when the flag is defined, to define the --config.FIELD overrides of the file it names."""
+    global CONFIG
+    argv = with_dataset_shortcut(sys.argv, default_file)
+    CONFIG = config_flags.DEFINE_config_file(
+        "config", os.path.join(CONFIG_DIR, default_file), "Training config file (experiments/configs/*.py, "
+        "get_config()); override fields with --config.FIELD=VALUE; --show_config lists the fields.", sys_argv=argv)
+    return argv
+
+
+def with_dataset_shortcut(argv: list[str], default_file: str) -> list[str]:
+    """argv with --dataset=NAME spelled out: --config=FILE of its recipe (unless --config is given)
+    and --config.dataset=NAME, before the user's own overrides so that theirs win."""
+    def position_of(name):  # (index of --name, index of its value) or None
+        for i, arg in enumerate(argv):
+            if arg.startswith(f"--{name}="):
+                return i, i
+            if arg == f"--{name}" and i + 1 < len(argv):
+                return i, i + 1
+        return None
+
+    dataset_at, config_at = position_of("dataset"), position_of("config")
+    if dataset_at is None:
+        return list(argv)
+    dataset = argv[dataset_at[1]].split("=", 1)[-1]
+    if config_at is None:  # the recipe first, then the data set, then the user's overrides
+        recipe = os.path.join(CONFIG_DIR, DATASET_CONFIGS.get(dataset, default_file))
+        return [argv[0], f"--config={recipe}", f"--config.dataset={dataset}", *argv[1:]]
+    after = config_at[1] + 1  # the data set right after the user's --config, before their overrides
+    return [*argv[:after], f"--config.dataset={dataset}", *argv[after:]]
+
+
+def main(argv: list[str], *, default_workdir=None) -> None:
+    """The training script: ``python experiments/SCRIPT.py [--dataset=NAME] [--config=FILE]
+    [--config.FIELD=VALUE ...] [--workdir=DIR] [--accel=...]``; ``argv`` from ``define_config_flag``."""
+
+    def train_main(argv):
+        del argv
+        logging.set_verbosity(logging.WARNING)
+        config = CONFIG.value
+        workdir = WORKDIR.value or (default_workdir(config) if default_workdir else
+                                    f"runs/{config.dataset}_{config.model}")
+        run(config, workdir, after_training=draw_test_detections)
+
+    app.run(train_main, argv=argv)
+
+
+def draw_test_detections(config, workdir: str, count: int = 12) -> None:
+    """The trained model's detections on the first test images -> WORKDIR/detections.png (when the
+    run evaluates: its test split is then known to be there)."""
+    if not config.eval_every:
+        return
+    from ssd_jax import checkpoint
+    from ssd_jax.evaluation import datasets as evaluation
+
+    params, model_config = checkpoint.load_params(os.path.join(workdir, "params"))
+    evaluation.draw_split_detections(params, model_config, config.dataset, os.path.join(workdir, "detections.png"),
+                                     count=count, data_dir=config.get("data_dir"))
 
 
 def run(config, workdir: str, *, after_training=None) -> None:
     """Trains ``config`` in ``workdir`` as a command-line user expects: errors in one line with
     exit code 1 (2 for a bad config), an interruption exits 128 + signal after saying how to
     resume, and the summary lists only files that exist. ``after_training(config, workdir)``
-    may draw more pictures; it returns their names."""
+    may draw more pictures."""
     if SHOW_CONFIG.value:
         print(config)
         sys.exit(0)

@@ -23,11 +23,6 @@ def centers_to_corners(boxes):
     return jnp.concatenate([center - size / 2, center + size / 2], axis=-1)
 
 
-def swap_xy(boxes):
-    """(y0, x0, y1, x1) <-> (x0, y0, x1, y1) [..., 4]; TFDS gives the former."""
-    return boxes[..., jnp.array([1, 0, 3, 2])]
-
-
 def area(boxes):
     """Corner boxes [..., 4] -> areas [...]; inverted boxes count as empty."""
     size = jnp.maximum(boxes[..., 2:] - boxes[..., :2], 0.0)

@@ -13,7 +13,7 @@ from ssd_jax import boxes as box_lib
 from ssd_jax import configs
 from ssd_jax.configs import SSDConfig
 from ssd_jax.models.ssd import SSD, check_params
-from ssd_jax.nms import Detections, batched_nms, nms_stages
+from ssd_jax.nms import DEFAULTS, Detections, batched_nms, nms_stages
 from ssd_jax.priors import priors
 
 
@@ -154,10 +154,10 @@ def detect(
     images,
     *,
     config: SSDConfig | None = None,
-    score_threshold: float = 0.01,
-    iou_threshold: float = 0.45,
-    pre_nms_top_k: int = 400,
-    max_detections: int = 200,
+    score_threshold: float = DEFAULTS.score_threshold,
+    iou_threshold: float = DEFAULTS.iou_threshold,
+    pre_nms_top_k: int = DEFAULTS.pre_nms_top_k,
+    max_detections: int = DEFAULTS.max_detections,
     dtype: Any = jnp.float32,
     network_batch: int | None = None,
 ) -> Detections:

@@ -38,6 +38,19 @@ NARROW_FROM = 16
 _WORD = 32  # suppression bits per uint32 word
 
 
+class PostprocessOptions(NamedTuple):
+    """SSD's post-processing options, with the reference SSD's values: the one home of detect's,
+    batched_nms's and the evaluator's defaults."""
+
+    score_threshold: float = 0.01
+    iou_threshold: float = 0.45
+    pre_nms_top_k: int = 400
+    max_detections: int = 200
+
+
+DEFAULTS = PostprocessOptions()
+
+
 class Detections(NamedTuple):
     """Padded detections of a batch; entries past ``num_detections`` are zeros (class 0).
 
@@ -211,10 +224,10 @@ def batched_nms(
     boxes,
     scores,
     *,
-    score_threshold: float = 0.01,
-    iou_threshold: float = 0.45,
-    pre_nms_top_k: int = 400,
-    max_detections: int = 200,
+    score_threshold: float = DEFAULTS.score_threshold,
+    iou_threshold: float = DEFAULTS.iou_threshold,
+    pre_nms_top_k: int = DEFAULTS.pre_nms_top_k,
+    max_detections: int = DEFAULTS.max_detections,
 ) -> Detections:
     """SSD's post-processing: per-class NMS, then the best detections across classes.
 
@@ -234,8 +247,9 @@ def batched_nms(
                       pre_nms_top_k=pre_nms_top_k, max_detections=max_detections)[0]
 
 
-def nms_stages(boxes, scores, *, score_threshold: float = 0.01, iou_threshold: float = 0.45,
-               pre_nms_top_k: int = 400, max_detections: int = 200, shallow_depth: int = SHALLOW_DEPTH,
+def nms_stages(boxes, scores, *, score_threshold: float = DEFAULTS.score_threshold,
+               iou_threshold: float = DEFAULTS.iou_threshold, pre_nms_top_k: int = DEFAULTS.pre_nms_top_k,
+               max_detections: int = DEFAULTS.max_detections, shallow_depth: int = SHALLOW_DEPTH,
                deep_rows: int = DEEP_ROWS):
     """``batched_nms`` -> (Detections, the stage that ran: int32 [] 0 shallow, 1 deep, 2 exhaustive)."""
     batch, num_priors, num_classes = scores.shape

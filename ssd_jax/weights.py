@@ -21,9 +21,8 @@ import jax
 import numpy as np
 
 from ssd_jax import configs
-from ssd_jax.configs import SSDConfig
+from ssd_jax.configs import VGG16_BLOCK_DEPTHS, SSDConfig
 from ssd_jax.models.ssd import check_params, param_shapes
-from ssd_jax.models.vgg import VGG16_BLOCK_DEPTHS
 
 VGG_CONV_NAMES = tuple(f"conv{block}_{layer}" for block, depth in enumerate(VGG16_BLOCK_DEPTHS, 1)
                        for layer in range(1, depth + 1))

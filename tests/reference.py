@@ -1,8 +1,8 @@
 """Plain numpy float64 reference implementations of SSD's core functions, for the tests.
 
-Written from the spec (the SSD paper, the Caffe implementation's conventions and
-``/work/shared/SSD_REFERENCE.md``), not from the JAX code: explicit loops, one box at a time,
-so that each rule can be read off the code. Nothing here is fast; keep the inputs small.
+Written from the spec (the SSD paper and the original Caffe implementation's conventions),
+not from the JAX code: explicit loops, one box at a time, so that each rule can be read off
+the code. Nothing here is fast; keep the inputs small.
 
 Box formats: corner boxes are (xmin, ymin, xmax, ymax), centre boxes (cx, cy, w, h).
 """

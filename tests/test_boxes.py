@@ -43,16 +43,6 @@ def test_corners_centers_round_trip_with_batch_dims():
     np.testing.assert_allclose(box_lib.centers_to_corners(centers), corners, rtol=1e-5, atol=1e-6)
 
 
-def test_swap_xy():
-    yx = jnp.asarray([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]])
-    xy = box_lib.swap_xy(yx)
-    np.testing.assert_array_equal(xy, np.float32([[0.2, 0.1, 0.4, 0.3], [0.6, 0.5, 0.8, 0.7]]))
-    np.testing.assert_array_equal(box_lib.swap_xy(xy), yx)
-    batched = jnp.arange(24.0).reshape(2, 3, 4)
-    np.testing.assert_array_equal(box_lib.swap_xy(box_lib.swap_xy(batched)), batched)
-    assert not np.array_equal(box_lib.swap_xy(batched), batched)
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_pairwise_iou_matches_reference(seed):
     rng = np.random.default_rng(seed)

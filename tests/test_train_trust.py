@@ -182,6 +182,10 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_training_finishes(tmp_path
 
 
 # ----------------------------------------------------------------------------- parameter saves
+class Killed(Exception):
+    """Stands for the process dying at that point."""
+
+
 def test_a_parameter_save_killed_between_its_renames_loses_nothing(tmp_path, monkeypatch):
     config = configs.ssd_tiny(num_classes=3)
     old = ssd_jax.init(jax.random.key(0), config)
@@ -195,10 +199,10 @@ def test_a_parameter_save_killed_between_its_renames_loses_nothing(tmp_path, mon
         calls.append((source, target))
         real_replace(source, target)
         if str(target).endswith(checkpoint.PREVIOUS_SUFFIX):
-            raise KeyboardInterrupt  # killed right after the old checkpoint moved aside
+            raise Killed  # right after the old checkpoint moved aside
 
     monkeypatch.setattr(checkpoint.os, "replace", replace_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         checkpoint.save_params(directory, new, config, overwrite=True)
     monkeypatch.setattr(checkpoint.os, "replace", real_replace)
     assert not directory.exists()  # the moment of the kill: neither name holds the checkpoint ...
@@ -209,10 +213,10 @@ def test_a_parameter_save_killed_between_its_renames_loses_nothing(tmp_path, mon
 
     # Killed while writing the new parameters: the old checkpoint is untouched.
     def fail(*args, **kwargs):
-        raise KeyboardInterrupt
+        raise Killed
 
     monkeypatch.setattr(checkpoint, "_write_json_atomically", fail)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         checkpoint.save_params(directory, old, config, overwrite=True)
     monkeypatch.undo()
     params, _ = checkpoint.load_params(directory)

@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssd_jax.configs import VGG16_BLOCK_DEPTHS
 from ssd_jax.models.fast_grads import conv_for, max_pool
 
 # Xavier-uniform weights and zero biases, as the reference SSD initialises its new layers.
@@ -57,10 +58,6 @@ class L2Norm(nn.Module):
         squared_norm = jnp.sum(x32 * x32, axis=-1, keepdims=True)
         normalised = x32 / jnp.sqrt(jnp.maximum(squared_norm, self.eps * self.eps))
         return (normalised * scale).astype(x.dtype)
-
-
-# Convolutions per VGG16 block.
-VGG16_BLOCK_DEPTHS = (2, 2, 3, 3, 3)
 
 
 BATCH_NORM_MOMENTUM = 0.9  # short schedules: the running averages must follow the weights quickly

@@ -1,0 +1,136 @@
+"""One training entry point and its aliases, data sets described in one place, one evaluation
+path that never drops ground truth, training settings in the training config."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from ssd_jax import checkpoint, configs, train
+from ssd_jax.data import pipeline
+from ssd_jax.evaluation import datasets as evaluation
+from ssd_jax.evaluation.evaluator import ground_truth_records
+
+EXPERIMENTS = os.path.join(os.path.dirname(__file__), os.pardir, "experiments")
+
+
+def script(name, *args, timeout=600):
+    return subprocess.run([sys.executable, os.path.join(EXPERIMENTS, name), *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def shown_config(name, *args) -> dict:
+    out = script(name, "--show_config", *args, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    fields = {}
+    for line in out.stdout.splitlines():
+        if ": " in line and not line.startswith(" "):
+            key, value = line.split(": ", 1)
+            fields[key] = value
+    return fields
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+# ----------------------------------------------------------------------------- the entry points
+def test_dataset_shortcut_picks_the_recipe_and_overrides_apply_on_top():
+    assert shown_config("train.py")["model"] == "ssd300"  # the paper's VOC recipe by default
+    shapes = shown_config("train.py", "--dataset=shapes", "--config.num_steps=7")
+    assert (shapes["model"], shapes["dataset"], shapes["num_steps"]) == ("ssd_tiny", "shapes", "7")
+    assert shapes["match_iou_threshold"] == "0.4"  # the recipe's, a training setting now
+    tiny = shown_config("train_voc.py", "--dataset=shapes_tiny")  # the 16-image set with the shapes recipe
+    assert (tiny["model"], tiny["dataset"]) == ("ssd_tiny", "shapes_tiny")
+    explicit = shown_config("train.py", f"--config={os.path.join(EXPERIMENTS, 'configs', 'coco_ssd300.py')}",
+                            "--dataset=voc")  # an explicit --config keeps its model, --dataset sets the data
+    assert (explicit["model"], explicit["dataset"]) == ("ssd300_coco", "voc")
+    assert shown_config("train_coco.py")["model"] == "ssd300_coco"
+    override = shown_config("train_voc.py", "--dataset=shapes", "--config.dataset=shapes_tiny")
+    assert override["dataset"] == "shapes_tiny"  # the user's own override wins
+
+
+@pytest.mark.parametrize("name", ["train.py", "train_voc.py", "train_coco.py"])
+def test_each_training_script_trains_evaluates_and_stores_the_class_names(tmp_path, data_dir, name):
+    workdir = tmp_path / "run"
+    evaluate = name == "train.py"
+    out = script(name, "--dataset=shapes_tiny", f"--workdir={workdir}", f"--config.data_dir={data_dir}",
+                 "--config.model=ssd_tiny", "--config.batch_size=4", "--config.num_steps=2",
+                 "--config.checkpoint_every=2", f"--config.eval_every={2 if evaluate else 0}",
+                 "--config.eval_batch_size=4", "--config.shuffle_buffer=8")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "done:" in out.stdout
+    metadata = checkpoint.load_metadata(workdir / "params")
+    assert metadata["class_names"] == list(pipeline.DATASETS["shapes_tiny"].class_names)
+    assert (workdir / "detections.png").exists() == evaluate and (workdir / "class_ap.png").exists() == evaluate
+    assert ("detections.png" in out.stdout.splitlines()[-1]) == evaluate  # lists only what exists
+
+
+# ----------------------------------------------------------------------------- data sets and evaluation
+def test_every_data_set_is_described_completely():
+    for name, spec in pipeline.DATASETS.items():
+        assert spec.num_classes == len(spec.class_names) + 1
+        assert spec.voc_iou in ("devkit", "continuous"), name
+        assert spec.train and spec.eval, name
+    assert pipeline.DATASETS["coco"].category_ids is not None and not pipeline.DATASETS["coco"].train_on_difficult
+    assert pipeline.DATASETS["voc"].train_on_difficult and pipeline.DATASETS["voc"].voc_iou == "devkit"
+    with pytest.raises(ValueError, match="unknown dataset 'vco'"):
+        pipeline.dataset_spec("vco")
+
+
+def test_coco_crowd_regions_are_not_trained_on():
+    with tfds.testing.mock_data(num_examples=12):
+        trained = list(pipeline.tfds_source("coco", "train").as_numpy_iterator())
+        evaluated = list(pipeline.tfds_source("coco", "eval").as_numpy_iterator())
+    assert sum(int(e["difficult"].sum()) for e in evaluated) > 0  # the mock data has crowd regions ...
+    assert sum(int(e["difficult"].sum()) for e in trained) == 0  # ... training never sees them
+    assert sum(len(e["labels"]) for e in trained) > 0
+
+
+def test_evaluation_never_drops_ground_truth():
+    rng = np.random.default_rng(0)
+    counts = [3, 130, 7]  # more objects than the training configs' max_boxes (100)
+
+    def examples():
+        for i, count in enumerate(counts):
+            lo = rng.uniform(0, 0.8, (count, 2))
+            yield {"image": rng.integers(0, 255, (40, 50, 3), dtype=np.uint8),
+                   "boxes": np.concatenate([lo, lo + 0.1], -1).astype(np.float32),
+                   "labels": rng.integers(1, 4, count).astype(np.int32), "difficult": np.zeros(count, bool),
+                   "image_id": np.int64(i)}
+
+    signature = {"image": tf.TensorSpec([None, None, 3], tf.uint8), "boxes": tf.TensorSpec([None, 4], tf.float32),
+                 "labels": tf.TensorSpec([None], tf.int32), "difficult": tf.TensorSpec([None], tf.bool),
+                 "image_id": tf.TensorSpec([], tf.int64)}
+    source = tf.data.Dataset.from_generator(examples, output_signature=signature)
+    batches = list(pipeline.as_numpy(pipeline.eval_dataset(source, batch_size=2, image_size=32)))
+    assert [int(m.sum()) for batch in batches for m in batch["mask"]] == counts
+    truths = [truth for batch in batches for truth in ground_truth_records(batch)]
+    assert [len(truth.labels) for truth in truths] == counts  # what the metrics count
+
+
+def test_a_91_slot_model_maps_onto_the_data_set_categories():
+    table = evaluation.class_map_for(configs.ssd_tiny(num_classes=91), "coco")
+    assert table.shape == (91,) and table[90] == 80 and table[13] == 12 and table[12] == 0 and table[0] == 0
+    assert evaluation.class_map_for(configs.ssd_tiny(num_classes=81), "coco") is None
+    with pytest.raises(evaluation.EvaluationError, match="has 7 classes but shapes has 6"):
+        evaluation.class_map_for(configs.ssd_tiny(num_classes=7), "shapes")
+
+
+# ----------------------------------------------------------------------------- model vs training settings
+def test_matching_and_mining_are_training_settings_and_old_configs_still_load(tmp_path):
+    config = train.default_config()
+    assert (config.match_iou_threshold, config.neg_pos_ratio) == (0.5, 3.0)  # the paper's
+    assert not hasattr(configs.ssd300(), "match_iou_threshold")
+    stored = configs.to_dict(configs.ssd_tiny(num_classes=6))
+    stored.update(match_iou_threshold=0.4, neg_pos_ratio=2.0)  # a config.json of an earlier version
+    assert configs.from_dict(json.loads(json.dumps(stored))) == configs.ssd_tiny(num_classes=6)
+    config.match_iou_threshold = 0.0
+    with pytest.raises(train.ConfigError, match="match_iou_threshold=0.0: must be a number in"):
+        train.validate_config(config)
