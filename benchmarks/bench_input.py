@@ -1,9 +1,13 @@
-"""Images/s of the training input pipeline (decode, SSD augmentation, resize, pad, batch).
+"""Images/s of the training input pipeline (read, decode, SSD augmentation, resize, pad, batch).
 
-  python benchmarks/bench_input.py                       # shapes data, SSD300 batches of 32
+  python benchmarks/bench_input.py                                    # shapes data, SSD300 batches of 32
   python benchmarks/bench_input.py --dataset=voc --data_dir=...
+  python benchmarks/bench_input.py --dataset=shapes,vocdir --folder=DIR --rounds=3   # TFDS against a folder
 
-Prints a markdown table and writes JSON. The first batches (pipeline warm-up) are not timed.
+Several data sets are measured in alternating rounds (this machine is shared and noisy), each
+round a fresh pipeline, first batches (warm-up) untimed; the median round is reported. Data on
+disk: --folder (a VOC folder for vocdir), --annotations/--images (cocojson, used for both
+splits). Prints a markdown table and writes JSON.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import time
 
 import tensorflow as tf
@@ -18,18 +23,32 @@ from absl import app, flags, logging
 
 from ssd_jax.data import pipeline
 
-DATASET = flags.DEFINE_enum("dataset", "shapes", sorted(pipeline.DATASETS), "Data set to read.")
+DATASETS = flags.DEFINE_list("dataset", ["shapes"], f"Data sets to read: {', '.join(pipeline.DATASET_NAMES)}.")
 DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+FOLDER = flags.DEFINE_string("folder", None, "vocdir: the VOC folder.")
+ANNOTATIONS = flags.DEFINE_string("annotations", None, "cocojson: the COCO json.")
+IMAGES = flags.DEFINE_string("images", None, "cocojson: its image folder.")
 IMAGE_SIZES = flags.DEFINE_list("image_sizes", ["300"], "Output sides to measure (300 = SSD300, 512 = SSD512).")
 BATCH = flags.DEFINE_integer("batch", 32, "Batch size.")
-WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed batches.")
-BATCHES = flags.DEFINE_integer("batches", 20, "Timed batches.")
+WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed batches per round.")
+BATCHES = flags.DEFINE_integer("batches", 20, "Timed batches per round.")
+ROUNDS = flags.DEFINE_integer("rounds", 1, "Alternating rounds per data set and size (median reported).")
+AUGMENT = flags.DEFINE_bool("augment", True, "SSD's augmentation (False: flips only, as the shapes recipe).")
 OUT = flags.DEFINE_string("out", "benchmarks/results/bench_input.json", "JSON to write.")
 
 
-def measure(image_size: int) -> float:
-    source = pipeline.tfds_source(DATASET.value, "train", data_dir=DATA_DIR.value, shuffle_files=True)
-    iterator = pipeline.as_numpy(pipeline.train_dataset(source, batch_size=BATCH.value, image_size=image_size))
+def open_data(name: str) -> pipeline.Source:
+    data_dir = FOLDER.value if name == "vocdir" else DATA_DIR.value
+    return pipeline.open_source(name, data_dir=data_dir, train_annotations=ANNOTATIONS.value,
+                                train_images=IMAGES.value, eval_annotations=ANNOTATIONS.value,
+                                eval_images=IMAGES.value)
+
+
+def images_per_second(source: pipeline.Source, image_size: int) -> float:
+    options = None if AUGMENT.value else {"zoom_out_probability": 0.0, "crop_probability": 0.0, "photometric": False}
+    examples = source.examples("train", shuffle_files=True, decode=False)
+    iterator = pipeline.as_numpy(pipeline.train_dataset(examples, batch_size=BATCH.value, image_size=image_size,
+                                                        augment_options=options))
     for _ in range(WARMUP.value):
         next(iterator)
     start = time.perf_counter()
@@ -41,13 +60,20 @@ def measure(image_size: int) -> float:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    rows = [{"dataset": DATASET.value, "image_size": int(size), "batch": BATCH.value,
-             "images_per_s": round(measure(int(size)), 1)} for size in IMAGE_SIZES.value]
+    sources = {name: open_data(name) for name in DATASETS.value}
+    timings = {(name, int(size)): [] for name in sources for size in IMAGE_SIZES.value}
+    for _ in range(ROUNDS.value):
+        for (name, size), values in timings.items():
+            values.append(images_per_second(sources[name], size))
+    rows = [{"dataset": name, "image_size": size, "batch": BATCH.value, "augment": AUGMENT.value,
+             "images_per_s": round(statistics.median(values), 1), "rounds": [round(v, 1) for v in values]}
+            for (name, size), values in timings.items()]
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     print(f"\ninput pipeline, {machine}, tensorflow {tf.__version__}\n")
-    print("| dataset | image size | batch | images/s |\n|---|---|---|---|")
+    print("| dataset | image size | batch | augmentation | images/s (median) | rounds |\n|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['dataset']} | {row['image_size']} | {row['batch']} | {row['images_per_s']} |")
+        print(f"| {row['dataset']} | {row['image_size']} | {row['batch']} | {'SSD' if row['augment'] else 'flips'} "
+              f"| {row['images_per_s']} | {', '.join(map(str, row['rounds']))} |")
     os.makedirs(os.path.dirname(OUT.value) or ".", exist_ok=True)
     with open(OUT.value, "w") as f:
         json.dump({"machine": machine, "date": time.strftime("%Y-%m-%d"), "tensorflow": tf.__version__,

@@ -11,9 +11,13 @@ of any sizes. OUT_DIR receives:
                    <name> is the input's file name without its extension; inputs sharing one get
                    _1, _2, ... in command-line order (d1/x.jpg -> x.png, d2/x.jpg -> x_1.png).
   detections.json  every detection drawn, in COCO results format: image_id (the input's position
-                   on the command line, from 0), category_id, bbox ([x, y, width, height] in pixels
-                   of the upright image) and score, plus file_name (the input's base name), path
-                   (the input path as given) and picture (the name of its PNG in OUT_DIR).
+                   on the command line, from 0), category_id (the source's own category id for a
+                   model trained on a COCO json, else the class number), bbox ([x, y, width, height]
+                   in pixels of the upright image) and score, plus category_name, file_name (the
+                   input's base name), path (the input path as given) and picture (its PNG in OUT_DIR).
+
+Class names come with the checkpoint (training and convert_weights.py store them); --class_names
+overrides them.
 
 Every file is written under a temporary name and then renamed, so none is ever half written, and
 detections.json is rewritten after each image: when a run stops (a full disk, Ctrl-C) it holds the
@@ -54,11 +58,11 @@ def load_model():
     try:
         if CHECKPOINT.value:  # its class names travel with it (training and convert_weights store them)
             params, config = checkpoint.load_params(CHECKPOINT.value)
-            return params, config, checkpoint.load_metadata(CHECKPOINT.value).get("class_names")
+            return params, config, checkpoint.load_metadata(CHECKPOINT.value)
         state_dict = weights.load_state_dict(WEIGHTS.value)
         if FORMAT.value == "torchvision":
-            return weights.from_torchvision(state_dict), weights.torchvision_config(state_dict), None
-        return weights.from_amdegroot(state_dict), weights.amdegroot_config(state_dict), None
+            return weights.from_torchvision(state_dict), weights.torchvision_config(state_dict), {}
+        return weights.from_amdegroot(state_dict), weights.amdegroot_config(state_dict), {}
     except (FileNotFoundError, ValueError, ImportError) as error:
         sys.exit(f"error: {error}\n(train a model with experiments/train_voc.py, or convert published weights with "
                  f"experiments/convert_weights.py)")
@@ -121,14 +125,19 @@ def png_bytes(picture) -> bytes:
     return buffer.getvalue()
 
 
-def coco_results(image_id: int, path: str, picture: str, boxes, scores, classes, height: int, width: int):
+def coco_results(image_id: int, path: str, picture: str, boxes, scores, classes, height: int, width: int, *,
+                 names=None, category_ids=None):
     """One image's detections (normalised xyxy boxes) -> COCO result dicts with pixel xywh boxes
-    (``ssd_jax.evaluation.to_coco_results``), and where the image and its picture are."""
+    (``ssd_jax.evaluation.to_coco_results``): category_id the source's own id (``category_ids``,
+    for a model trained on a COCO json) or the class number, category_name, and where the image and
+    its picture are."""
     from ssd_jax.evaluation import ImageDetections, to_coco_results
 
     detections = ImageDetections(image_id, boxes, scores, classes)
-    results = to_coco_results([detections], image_sizes={image_id: (height, width)})
-    return [{**result, "file_name": os.path.basename(path), "path": path, "picture": picture} for result in results]
+    results = to_coco_results([detections], image_sizes={image_id: (height, width)}, category_ids=category_ids)
+    return [{**result, "category_name": names[int(label) - 1] if names else str(int(label)),
+             "file_name": os.path.basename(path), "path": path, "picture": picture}
+            for result, label in zip(results, classes)]
 
 
 def read_batch(paths: list[str], first_id: int):
@@ -151,8 +160,9 @@ def main(argv):
         sys.exit("error: name one or more image files after the flags")
     out_dir = OUT_DIR.value
     check_out_dir(out_dir)
-    params, config, stored_names = load_model()
-    names = class_names(config.num_classes, stored_names)
+    params, config, metadata = load_model()
+    names = class_names(config.num_classes, metadata.get("class_names"))
+    category_ids = metadata.get("category_ids")
 
     import jax
 
@@ -178,7 +188,8 @@ def main(argv):
             out_path = os.path.join(out_dir, pictures[image_id])
             try:
                 write_atomically(out_path, png_bytes(visualize.draw_boxes(image, boxes, classes, scores, names)))
-                results += coco_results(image_id, path, pictures[image_id], boxes, scores, classes, *image.shape[:2])
+                results += coco_results(image_id, path, pictures[image_id], boxes, scores, classes, *image.shape[:2],
+                                        names=names, category_ids=category_ids)
                 write_atomically(json_path, json.dumps(results, indent=1).encode())
             except OSError as error:
                 sys.exit(f"error: cannot write to {out_dir} ({error}); stopped after {done} image(s), whose "

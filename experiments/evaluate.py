@@ -2,10 +2,13 @@ r"""Evaluates an ssd_jax checkpoint on a data set's evaluation split: VOC and CO
 
   python experiments/evaluate.py --checkpoint=workdir/params --dataset=shapes
   python experiments/evaluate.py --checkpoint=ckpt/voc --dataset=voc --data_dir=~/tensorflow_datasets
+  python experiments/evaluate.py --checkpoint=W/params --dataset=vocdir --data_dir=MY_VOC_FOLDER
+  python experiments/evaluate.py --checkpoint=W/params --dataset=cocojson --annotations=val.json --images=val/
   python experiments/evaluate.py --checkpoint=ckpt/torchvision_coco --dataset=coco  # 91 class slots
 
 Prints a per-class table (VOC2007 11-point AP, all-point AP) and the COCO-style metrics, and
-writes metrics.json, class_ap.png and precision_recall.png to --out_dir. VOC APs on VOC use the
+writes metrics.json, class_ap.png and precision_recall.png to --out_dir. The class names are
+those stored with the checkpoint (data on disk is read with them). VOC APs on VOC data use the
 devkit's inclusive pixel IoU (--voc_iou to choose). A model with a class slot per COCO category
 id (torchvision's 91) is scored on COCO's 80 categories.
 """
@@ -23,20 +26,25 @@ from ssd_jax.evaluation import IOU_CONVENTIONS
 from ssd_jax.evaluation import datasets as evaluation
 
 CHECKPOINT = flags.DEFINE_string("checkpoint", None, "ssd_jax parameter checkpoint directory (config.json + params/).")
-DATASET = flags.DEFINE_enum("dataset", "shapes", sorted(pipeline.DATASETS), "Data set whose evaluation split to use.")
-DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's).")
+DATASET = flags.DEFINE_enum("dataset", "shapes", list(pipeline.DATASET_NAMES),
+                            "Data set whose evaluation split to use: a TFDS one, vocdir (--data_dir) or cocojson "
+                            "(--annotations, --images).")
+DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's), or the VOC folder of vocdir.")
+ANNOTATIONS = flags.DEFINE_string("annotations", None, "cocojson: the evaluation split's COCO json.")
+IMAGES = flags.DEFINE_string("images", None, "cocojson: the folder of its images.")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per detect call (one compilation).", lower_bound=1)
 OUT_DIR = flags.DEFINE_string("out_dir", None, "Where to write metrics and pictures (default: CHECKPOINT/eval).")
 VOC_IOU = flags.DEFINE_enum("voc_iou", None, IOU_CONVENTIONS,
                             "IoU of the VOC metrics: the devkit's inclusive pixel ranges (width = xmax - xmin + 1, "
                             "what published VOC numbers use) or continuous corners (no +1). Default: the data "
-                            "set's (devkit for voc, whose boxes are inclusive pixel ranges; continuous otherwise).")
+                            "set's (devkit for VOC data, whose boxes are inclusive pixel ranges, else continuous).")
 
 
 def load_checkpoint(path: str):
-    """(params, config), or exits with what is wrong with the checkpoint."""
+    """(params, config, stored class names or None), or exits with what is wrong with the checkpoint."""
     try:
-        return checkpoint.load_params(path)
+        params, config = checkpoint.load_params(path)
+        return params, config, checkpoint.load_metadata(path).get("class_names")
     except FileNotFoundError as error:
         sys.exit(f"error: {error}\n(train one with experiments/train.py, or convert published weights with "
                  f"experiments/convert_weights.py)")
@@ -44,15 +52,29 @@ def load_checkpoint(path: str):
         sys.exit(f"error: cannot load the checkpoint {path}: {error}")
 
 
+def open_data(class_names):
+    """The evaluation data, read with the model's class names where it is on disk."""
+    local = DATASET.value in pipeline.LOCAL_FORMATS
+    try:
+        source = pipeline.open_source(DATASET.value, data_dir=DATA_DIR.value, eval_annotations=ANNOTATIONS.value,
+                                      eval_images=IMAGES.value, class_names=class_names if local else None)
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+    if source.skipped:
+        print(f"{source.name} ({source.where}): {source.skipped}")
+    return source
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    params, config = load_checkpoint(CHECKPOINT.value)
-    dataset = DATASET.value
+    params, config, class_names = load_checkpoint(CHECKPOINT.value)
+    source = open_data(class_names)
     try:
-        if evaluation.class_map_for(config, dataset) is not None:
+        if evaluation.class_map_for(config, source) is not None:
             print(f"the model has {config.num_classes} class slots indexed by the source's category ids "
-                  f"(torchvision's layout): scoring it on {dataset}'s categories, detections in unused slots dropped")
+                  f"(torchvision's layout): scoring it on {source.name}'s categories, detections in unused slots "
+                  f"dropped")
     except evaluation.EvaluationError as error:
         sys.exit(f"error: {error}")
     out_dir = OUT_DIR.value or os.path.join(CHECKPOINT.value, "eval")
@@ -62,14 +84,14 @@ def main(argv):
         sys.exit(f"error: cannot write the results to {out_dir} ({error}); pass a writable --out_dir")
     try:
         metrics, evaluator, detections, truths = evaluation.evaluate_split(
-            params, config, dataset, batch_size=BATCH_SIZE.value, data_dir=DATA_DIR.value,
-            iou_convention=VOC_IOU.value, progress=True)
+            params, config, source, batch_size=BATCH_SIZE.value, iou_convention=VOC_IOU.value, progress=True)
     except (pipeline.DatasetNotPreparedError, ValueError) as error:
         sys.exit(f"error: {error}")
-    print(f"\n{config.name} on {dataset} ({len(truths)} images; VOC IoU: {evaluator.iou_convention})\n")
+    print(f"\n{config.name} on {source.name} ({len(truths)} images; VOC IoU: {evaluator.iou_convention})\n")
     print(evaluation.format_table(metrics, evaluator.class_names))
     try:
-        evaluation.write_report(out_dir, metrics, evaluator, detections, truths, title=f"{config.name} on {dataset}")
+        evaluation.write_report(out_dir, metrics, evaluator, detections, truths,
+                                title=f"{config.name} on {source.name}")
     except OSError as error:
         sys.exit(f"error: cannot write the results to {out_dir} ({error})")
     print(f"\nwrote {', '.join(evaluation.REPORT_FILES)} to {out_dir}")

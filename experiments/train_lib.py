@@ -25,10 +25,13 @@ DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-host with the clust
                                 "SLURM, ...): jax.distributed.initialize() without arguments.")
 SHOW_CONFIG = flags.DEFINE_bool("show_config", False, "Print the training config (every field, after the "
                                 "--config.FIELD overrides) and exit.")
-DATASET = flags.DEFINE_enum("dataset", None, sorted(DATASET_CONFIGS),
+DATASET = flags.DEFINE_enum("dataset", None, sorted([*DATASET_CONFIGS, "vocdir", "cocojson"]),
                             "Shortcut: train on this data set with its recipe "
-                            f"({', '.join(f'{k}: {v}' for k, v in DATASET_CONFIGS.items())}), unless --config "
-                            "names another file; --config.FIELD overrides apply on top.")
+                            f"({', '.join(f'{k}: {v}' for k, v in DATASET_CONFIGS.items())}; vocdir and cocojson "
+                            "keep the script's), unless --config names another file; --config.FIELD overrides "
+                            "apply on top.")
+DATA_DIR = flags.DEFINE_string("data_dir", None, "Shortcut for --config.data_dir (the TFDS data directory, or "
+                               "your VOC folder with --dataset=vocdir).")
 CONFIG = None  # the --config flag, defined by define_config_flag
 
 
@@ -45,8 +48,9 @@ def define_config_flag(default_file: str) -> list[str]:
 
 
 def with_dataset_shortcut(argv: list[str], default_file: str) -> list[str]:
-    """argv with --dataset=NAME spelled out: --config=FILE of its recipe (unless --config is given)
-    and --config.dataset=NAME, before the user's own overrides so that theirs win."""
+    """argv with the shortcuts spelled out: --dataset=NAME as --config=FILE of its recipe (unless
+    --config is given) and --config.dataset=NAME, --data_dir=DIR as --config.data_dir=DIR, before
+    the user's own overrides so that theirs win."""
     def position_of(name):  # (index of --name, index of its value) or None
         for i, arg in enumerate(argv):
             if arg.startswith(f"--{name}="):
@@ -55,15 +59,20 @@ def with_dataset_shortcut(argv: list[str], default_file: str) -> list[str]:
                 return i, i + 1
         return None
 
-    dataset_at, config_at = position_of("dataset"), position_of("config")
-    if dataset_at is None:
+    dataset_at, config_at, data_dir_at = position_of("dataset"), position_of("config"), position_of("data_dir")
+    fields = []
+    if dataset_at is not None:
+        fields.append(f"--config.dataset={argv[dataset_at[1]].split('=', 1)[-1]}")
+    if data_dir_at is not None:
+        fields.append(f"--config.data_dir={argv[data_dir_at[1]].split('=', 1)[-1]}")
+    if not fields:
         return list(argv)
-    dataset = argv[dataset_at[1]].split("=", 1)[-1]
     if config_at is None:  # the recipe first, then the data set, then the user's overrides
+        dataset = argv[dataset_at[1]].split("=", 1)[-1] if dataset_at is not None else None
         recipe = os.path.join(CONFIG_DIR, DATASET_CONFIGS.get(dataset, default_file))
-        return [argv[0], f"--config={recipe}", f"--config.dataset={dataset}", *argv[1:]]
-    after = config_at[1] + 1  # the data set right after the user's --config, before their overrides
-    return [*argv[:after], f"--config.dataset={dataset}", *argv[after:]]
+        return [argv[0], f"--config={recipe}", *fields, *argv[1:]]
+    after = config_at[1] + 1  # right after the user's --config, before their overrides
+    return [*argv[:after], *fields, *argv[after:]]
 
 
 def main(argv: list[str], *, default_workdir=None) -> None:
@@ -86,12 +95,12 @@ def draw_test_detections(config, workdir: str, count: int = 12) -> None:
     run evaluates: its test split is then known to be there)."""
     if not config.eval_every:
         return
-    from ssd_jax import checkpoint
+    from ssd_jax import checkpoint, train
     from ssd_jax.evaluation import datasets as evaluation
 
     params, model_config = checkpoint.load_params(os.path.join(workdir, "params"))
-    evaluation.draw_split_detections(params, model_config, config.dataset, os.path.join(workdir, "detections.png"),
-                                     count=count, data_dir=config.get("data_dir"))
+    evaluation.draw_split_detections(params, model_config, train.open_data(config),
+                                     os.path.join(workdir, "detections.png"), count=count)
 
 
 def run(config, workdir: str, *, after_training=None) -> None:

@@ -61,8 +61,22 @@ class TrainingInterrupted(Exception):
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
+class DataError(ValueError):
+    """The data set cannot be read as configured: a missing folder or file, an empty split, ..."""
+
+
 # Errors that the training scripts report as one line: the message says what to do.
-USER_ERRORS = (NonFiniteLossError, ConfigError, workdir_lib.WorkdirError, CheckpointError)
+USER_ERRORS = (NonFiniteLossError, ConfigError, DataError, workdir_lib.WorkdirError, CheckpointError)
+
+
+def open_data(config):
+    """The training config's data set, opened (``pipeline.Source``); ``DataError`` if it cannot be."""
+    from ssd_jax.data import pipeline
+
+    try:
+        return pipeline.open_source(config.dataset, **pipeline.source_options(config))
+    except (ValueError, FileNotFoundError) as error:
+        raise DataError(str(error)) from error
 
 
 @flax.struct.dataclass
@@ -78,8 +92,17 @@ def default_config() -> ml_collections.ConfigDict:
     """The paper's SSD300 VOC07+12 recipe (batch 32, 120k steps, lr 1e-3 x0.1 at 80k and 100k)."""
     config = ml_collections.ConfigDict()
     config.model = "ssd300"  # a preset of ssd_jax.configs; num_classes comes from the data set
-    config.dataset = "voc"  # a key of ssd_jax.data.pipeline.DATASETS
-    config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data directory (None: TFDS default)
+    # A TFDS data set of ssd_jax.data.pipeline.DATASETS, or your own on disk: 'vocdir' (a VOC folder
+    # or VOCdevkit in data_dir) or 'cocojson' (the four paths below).
+    config.dataset = "voc"
+    config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data directory, or the VOC folder
+    config.train_annotations = ml_collections.config_dict.placeholder(str)  # cocojson: instances json
+    config.train_images = ml_collections.config_dict.placeholder(str)  # cocojson: its image folder
+    config.eval_annotations = ml_collections.config_dict.placeholder(str)
+    config.eval_images = ml_collections.config_dict.placeholder(str)
+    # Data on disk: the classes and their order, comma-separated (default: the names in the data,
+    # sorted; objects of other names are skipped and counted).
+    config.class_names = ""
     config.batch_size = 32  # global, over all devices and processes
     config.max_boxes = 100  # ground-truth boxes kept per image (the largest)
     config.shuffle_buffer = 2048
@@ -158,8 +181,16 @@ def config_problems(config: ml_collections.ConfigDict, *, device_count: int | No
         return ok
 
     check("model", lambda v: v in configs.PRESETS, f"one of {sorted(configs.PRESETS)}")
-    check("dataset", lambda v: v in pipeline.DATASETS, f"one of {sorted(pipeline.DATASETS)}")
-    check("data_dir", lambda v: v is None or isinstance(v, str), "a directory or None")
+    check("dataset", lambda v: v in pipeline.DATASET_NAMES, f"one of {list(pipeline.DATASET_NAMES)}")
+    for field in ("data_dir", "train_annotations", "train_images", "eval_annotations", "eval_images"):
+        check(field, lambda v: v is None or isinstance(v, str), "a path or None")
+    check("class_names", lambda v: isinstance(v, (str, tuple, list)), "names separated by commas")
+    if config.get("dataset") == "vocdir" and not config.get("data_dir"):
+        problems.append("data_dir=None: the vocdir data set reads the VOC folder named by data_dir")
+    if config.get("dataset") == "cocojson":
+        for field in ("train_annotations", "train_images", "eval_annotations", "eval_images"):
+            if not config.get(field):
+                problems.append(f"{field}=None: the cocojson data set needs it")
     check("batch_size", integer(1), "an integer >= 1")
     if device_count and isinstance(config.get("batch_size"), int) and config.batch_size % device_count:
         problems.append(f"batch_size={config.batch_size}: must be a multiple of the {device_count} devices")
@@ -473,9 +504,11 @@ def _train_and_evaluate(config, workdir: str, *, evaluate_fn, progress: bool) ->
     local_batch_size = config.batch_size // jax.process_count()
     batch_sharding = NamedSharding(mesh, P("data"))
 
-    # --- model and optimizer
-    spec = pipeline.DATASETS[config.dataset]
-    model_config = configs.get(config.model, num_classes=spec.num_classes)
+    # --- data and model: the model has the data set's classes
+    source = open_data(config)
+    if is_main and source.skipped:
+        print(f"{source.name} ({source.where}): {len(source.class_names)} classes; {source.skipped}")
+    model_config = configs.get(config.model, num_classes=source.num_classes)
     optimizer = make_optimizer(config)
     schedule = learning_rate_schedule(config)
     compute_dtype = jnp.dtype(config.compute_dtype)
@@ -514,11 +547,10 @@ def _train_and_evaluate(config, workdir: str, *, evaluate_fn, progress: bool) ->
     start_step = int(state.step)
 
     # --- input: each process reads its own part; the stream resumes at the exact example
-    source = pipeline.tfds_source(config.dataset, "train", data_dir=config.get("data_dir"), shuffle_files=True,
-                                  process_index=jax.process_index(), process_count=jax.process_count(),
-                                  decode=False)
+    examples = source.examples("train", process_index=jax.process_index(), process_count=jax.process_count(),
+                               shuffle_files=True, decode=False)
     batches = pipeline.as_numpy(pipeline.train_dataset(
-        source, batch_size=local_batch_size, image_size=model_config.image_size, max_boxes=config.max_boxes,
+        examples, batch_size=local_batch_size, image_size=model_config.image_size, max_boxes=config.max_boxes,
         seed=config.seed, shuffle_buffer=config.shuffle_buffer, start_index=examples_seen,
         augment_options={"zoom_out_probability": config.zoom_out_probability,
                          "max_zoom_out": config.max_zoom_out,
@@ -527,7 +559,7 @@ def _train_and_evaluate(config, workdir: str, *, evaluate_fn, progress: bool) ->
 
     # --- evaluation
     if evaluate_fn is None and config.eval_every:
-        evaluate_fn = _default_evaluator(config, model_config, workdir)
+        evaluate_fn = _default_evaluator(config, model_config, source, workdir)
 
     # --- logging: metrics.jsonl and TensorBoard, by process 0
     log = workdir_lib.MetricLog(workdir) if is_main else (lambda step, scalars: None)
@@ -591,7 +623,7 @@ def _train_and_evaluate(config, workdir: str, *, evaluate_fn, progress: bool) ->
 
         # The latest parameters, ready for detect / evaluate.py / detect_images.py, with the class names.
         save_params(os.path.join(workdir, "params"), jax.device_get(inference_params(state)), model_config,
-                    metadata={"class_names": list(spec.class_names), "dataset": config.dataset}, overwrite=True)
+                    metadata=model_metadata(source), overwrite=True)
         plots.plot_training_curve(os.path.join(workdir, workdir_lib.HISTORY_FILE),
                                   os.path.join(workdir, "training_curve.png"))
     return last
@@ -599,9 +631,8 @@ def _train_and_evaluate(config, workdir: str, *, evaluate_fn, progress: bool) ->
 
 def restore_train_state(workdir: str, config: ml_collections.ConfigDict) -> tuple[TrainState, dict] | None:
     """The latest (state, metadata) in ``workdir``'s checkpoints, on the host; None if none."""
-    from ssd_jax.data import pipeline
 
-    model_config = configs.get(config.model, num_classes=pipeline.DATASETS[config.dataset].num_classes)
+    model_config = configs.get(config.model, num_classes=open_data(config).num_classes)
     abstract = abstract_state(config, model_config, make_optimizer(config))
     checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
     try:
@@ -610,15 +641,20 @@ def restore_train_state(workdir: str, config: ml_collections.ConfigDict) -> tupl
         checkpoints.close()
 
 
-def _default_evaluator(config, model_config: SSDConfig, workdir: str):
+def model_metadata(source) -> dict:
+    """What a saved model carries about its data: class names, the source's category ids, the data set."""
+    return {"class_names": list(source.class_names), "dataset": source.name,
+            "category_ids": None if source.category_ids is None else list(source.category_ids)}
+
+
+def _default_evaluator(config, model_config: SSDConfig, source, workdir: str):
     """Evaluates on the data set's evaluation split; writes the AP picture of each evaluation."""
     from ssd_jax.evaluation import datasets as evaluation
     from ssd_jax.evaluation import plots
 
     def evaluate(params, step):
-        metrics, evaluator, _, _ = evaluation.evaluate_split(params, model_config, config.dataset,
-                                                             batch_size=config.eval_batch_size,
-                                                             data_dir=config.get("data_dir"))
+        metrics, evaluator, _, _ = evaluation.evaluate_split(params, model_config, source,
+                                                             batch_size=config.eval_batch_size)
         per_class = {name: metrics[f"AP/{name}"] for name in evaluator.class_names}
         plots.plot_class_ap(per_class, os.path.join(workdir, "class_ap.png"), mean_ap=metrics["voc_mAP"],
                             title=f"step {step}, all-point AP")

@@ -26,7 +26,8 @@ TENSORBOARD_DIR = "tensorboard"
 # Config fields a resumed run may change: they say how long to train, how often to log, save and
 # evaluate, or where the data lives, not what is trained.
 SAFE_TO_CHANGE = frozenset({"num_steps", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every",
-                            "eval_batch_size", "data_dir"})
+                            "eval_batch_size", "data_dir", "train_annotations", "train_images", "eval_annotations",
+                            "eval_images"})
 
 
 class WorkdirError(RuntimeError):

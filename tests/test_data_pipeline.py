@@ -9,6 +9,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from ssd_jax.classes import VOC_CLASS_NAMES
 from ssd_jax.data import local, pipeline
 
 SIZE = 64
@@ -124,7 +125,8 @@ def make_vocdevkit(root):
         "000002": [],
         "000003": [("cat", 0, 5, 5, 10, 10)],  # its image is corrupt
         "000004": None,  # malformed XML
-        "000005": [("unicorn", 0, 5, 5, 10, 10)],  # unknown class
+        "000005": [("unicorn", 0, 5, 5, 10, 10)],  # not one of the given classes
+        "000006": [("dog", 0, 5, 5, 20, 20), ("cat", 0, 30, 30, 20, 20)],  # the test split; one inverted box
     }
     for i, (name, objs) in enumerate(objects.items()):
         if name == "000003":
@@ -134,14 +136,16 @@ def make_vocdevkit(root):
         xml = "<annotation><object>" if objs is None else VOC_XML.format(objects="".join(
             VOC_OBJECT.format(name=n, difficult=d, x0=x0, y0=y0, x1=x1, y1=y1) for n, d, x0, y0, x1, y1 in objs))
         (base / "Annotations" / f"{name}.xml").write_text(xml)
-    (base / "ImageSets/Main/trainval.txt").write_text("\n".join(objects) + "\n")
+    (base / "ImageSets/Main/trainval.txt").write_text("\n".join(list(objects)[:5]) + "\n")
+    (base / "ImageSets/Main/test.txt").write_text("000006\n")
 
 
 def test_vocdevkit_reader(tmp_path):
     make_vocdevkit(tmp_path)
-    stats = local.SkipStats()
-    examples = list(local.voc_examples(str(tmp_path), "2007", "trainval", stats=stats))
-    assert [int(e["image_id"]) for e in examples] == [1, 2]
+    names, indexes, stats, how = local.open_voc_folder(str(tmp_path), class_names=VOC_CLASS_NAMES)
+    assert names == VOC_CLASS_NAMES and "VOC2007 trainval" in how
+    examples = list(indexes["train"].dataset().as_numpy_iterator())
+    assert [int(e["image_id"]) for e in examples] == [1, 2, 5]
     first = examples[0]
     assert first["image"].shape == (40, 60, 3)
     # VOC's corners as the XML gives them (as TFDS keeps them), normalised.
@@ -150,18 +154,22 @@ def test_vocdevkit_reader(tmp_path):
     np.testing.assert_array_equal(first["labels"], [12, 15])  # dog, person -> ids 12, 15
     np.testing.assert_array_equal(first["difficult"], [False, True])
     assert examples[1]["boxes"].shape == (0, 4)
-    assert stats == {"corrupt_images": 1, "bad_annotations": 2, "bad_boxes": 0}
-    # The same examples feed the training pipeline.
-    source = local.as_dataset(local.voc_examples, str(tmp_path), "2007", "trainval")
+    assert stats == {"unreadable_images": 1, "malformed_annotations": 1, "other_classes": 1, "bad_boxes": 1}
+    assert stats.summary() == ("skipped: 1 unreadable image, 1 malformed annotation, 1 bad box, "
+                               "1 object of another class")
+    # The same examples feed the training pipeline, read from the files as it streams.
+    source = indexes["train"].dataset(decode=False)
     check_train_batch(take(pipeline.train_dataset(source, batch_size=2, image_size=SIZE, max_boxes=4), 1)[0],
                       2, 4, 21)
 
 
-def test_missing_directories_fail_clearly(tmp_path):
-    with pytest.raises(FileNotFoundError, match="VOCdevkit year directory not found"):
-        next(local.voc_examples(str(tmp_path), "2012"))
-    with pytest.raises(FileNotFoundError, match="COCO annotation file not found"):
-        next(local.coco_examples(str(tmp_path / "instances.json"), str(tmp_path)))
+def test_missing_folders_and_files_fail_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="VOC folder .* not found"):
+        local.open_voc_folder(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="VOC Annotations folder"):
+        local.open_voc_folder(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="COCO annotation file of the train split not found"):
+        local.open_coco_json({"train": str(tmp_path / "instances.json")}, {"train": str(tmp_path)})
 
 
 def test_coco_json_reader(tmp_path):
@@ -186,13 +194,14 @@ def test_coco_json_reader(tmp_path):
     }
     path = tmp_path / "instances.json"
     path.write_text(json.dumps(annotations))
-    stats = local.SkipStats()
-    examples = list(local.coco_examples(str(path), str(images), stats=stats))
+    names, category_ids, indexes, stats = local.open_coco_json({"eval": str(path)}, {"eval": str(images)})
+    assert names == ("person", "dog") and category_ids == (1, 18)
+    examples = list(indexes["eval"].dataset().as_numpy_iterator())
     assert [int(e["image_id"]) for e in examples] == [10, 11]
     np.testing.assert_allclose(examples[0]["boxes"], [[0.1, 0.1, 0.6, 0.6], [0, 0, 1, 1]], atol=1e-6)
     np.testing.assert_array_equal(examples[0]["labels"], [2, 1])  # dog (id 18) -> 2, person -> 1
     np.testing.assert_array_equal(examples[0]["difficult"], [False, True])  # crowd
-    assert stats == {"bad_annotations": 3, "corrupt_images": 2, "bad_boxes": 0}
+    assert stats == {"malformed_annotations": 1, "other_classes": 1, "unreadable_images": 2, "bad_boxes": 1}
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ def test_detect_images_draws_each_image_and_skips_a_corrupt_one(tmp_path):
     results = json.loads((out_dir / "detections.json").read_text())
     assert results and {r["image_id"] for r in results} <= {0, 2}
     first = next(r for r in results if r["image_id"] == 0)
-    assert set(first) == {"image_id", "file_name", "path", "picture", "category_id", "bbox", "score"}
+    assert set(first) == {"image_id", "file_name", "path", "picture", "category_id", "category_name", "bbox", "score"}
     assert first["path"] == paths[0] and first["picture"] == "first.png" and 1 <= first["category_id"] <= 5
     assert len(first["bbox"]) == 4 and first["bbox"][2] >= 0 and first["bbox"][3] >= 0
 

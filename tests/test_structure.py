@@ -54,6 +54,8 @@ def test_dataset_shortcut_picks_the_recipe_and_overrides_apply_on_top():
     assert shown_config("train_coco.py")["model"] == "ssd300_coco"
     override = shown_config("train_voc.py", "--dataset=shapes", "--config.dataset=shapes_tiny")
     assert override["dataset"] == "shapes_tiny"  # the user's own override wins
+    own = shown_config("train_voc.py", "--dataset=vocdir", "--data_dir=/my/voc")  # the paper's recipe, own data
+    assert (own["model"], own["dataset"], own["data_dir"]) == ("ssd300", "vocdir", "/my/voc")
 
 
 @pytest.mark.parametrize("name", ["train.py", "train_voc.py", "train_coco.py"])
@@ -116,11 +118,12 @@ def test_evaluation_never_drops_ground_truth():
 
 
 def test_a_91_slot_model_maps_onto_the_data_set_categories():
-    table = evaluation.class_map_for(configs.ssd_tiny(num_classes=91), "coco")
+    coco, shapes = pipeline.open_source("coco"), pipeline.open_source("shapes")
+    table = evaluation.class_map_for(configs.ssd_tiny(num_classes=91), coco)
     assert table.shape == (91,) and table[90] == 80 and table[13] == 12 and table[12] == 0 and table[0] == 0
-    assert evaluation.class_map_for(configs.ssd_tiny(num_classes=81), "coco") is None
+    assert evaluation.class_map_for(configs.ssd_tiny(num_classes=81), coco) is None
     with pytest.raises(evaluation.EvaluationError, match="has 7 classes but shapes has 6"):
-        evaluation.class_map_for(configs.ssd_tiny(num_classes=7), "shapes")
+        evaluation.class_map_for(configs.ssd_tiny(num_classes=7), shapes)
 
 
 # ----------------------------------------------------------------------------- model vs training settings

@@ -1,13 +1,27 @@
-"""Readers for data already on disk: a VOCdevkit directory and a COCO json with its images.
+"""Data on disk: a folder in VOC layout (or a VOCdevkit) and a COCO json with its images.
 
-Both yield canonical examples (see ``pipeline``), so the same training and evaluation
-pipelines apply. Corrupt images and malformed annotations are skipped and counted (``stats``),
-never a crash; a missing directory or file fails at once with a clear message.
+Opening one builds an index: for each image its path, normalised boxes, labels, difficult (or
+crowd) flags, id and EXIF orientation, read from the annotation files and the image headers
+only. The pipeline then streams the files through tf.data, reading and decoding in parallel as
+it goes, so a folder of any size is never decoded up front, and the same augmentation, seeding,
+exact resume and per-process split apply as for TFDS data. The index lives in memory (paths
+and boxes: some 100 bytes per object) and is built again at each start (about 3,000 VOC
+annotations a second).
+
+Faults in the data are skipped and counted (``SkipStats``): an unreadable or truncated image, a
+malformed annotation, a box that is inverted or outside its image, an object of another class.
+A missing folder or file, an empty split or a split without objects fail at once, naming the
+path and what was expected.
+
+Boxes follow the annotation's frame. Photos with an EXIF orientation are turned upright, and
+their boxes are taken as drawn on the upright image, unless the annotation's own image size
+(VOC's <size>, COCO's width and height) is that of the stored, unrotated pixels.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import xml.etree.ElementTree as ElementTree
@@ -15,9 +29,9 @@ import xml.etree.ElementTree as ElementTree
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from PIL import Image
 
 from ssd_jax import image_io
-from ssd_jax.classes import VOC_CLASS_NAMES
 from ssd_jax.data import pipeline
 
 CANONICAL_SIGNATURE = {
@@ -27,141 +41,339 @@ CANONICAL_SIGNATURE = {
     "difficult": tf.TensorSpec([None], tf.bool),
     "image_id": tf.TensorSpec([], tf.int64),
 }
+EXIF_ORIENTATION_TAG = 0x0112
+EVAL_EVERY = 10  # without split files, every 10th image by file name is for evaluation
 
 
 class SkipStats(collections.Counter):
-    """Counts of what a reader skipped: 'corrupt_images', 'bad_annotations', 'bad_boxes'."""
+    """What a reader skipped: 'unreadable_images', 'malformed_annotations', 'bad_boxes', 'other_classes'."""
+
+    WORDS = {"unreadable_images": "unreadable image", "malformed_annotations": "malformed annotation",
+             "bad_boxes": "bad box", "other_classes": "object of another class"}
+
+    def summary(self) -> str:
+        """'skipped: 1 unreadable image, 2 bad boxes', or 'skipped: nothing'."""
+        parts = []
+        for key, word in self.WORDS.items():
+            if self[key]:
+                plural = word.replace("box", "boxes") if word.endswith("box") else (
+                    word.replace("object", "objects") if word.startswith("object") else word + "s")
+                parts.append(f"{self[key]} {word if self[key] == 1 else plural}")
+        return "skipped: " + (", ".join(parts) if parts else "nothing")
 
 
-def _require(path: str, what: str) -> None:
+def require(path: str, what: str) -> None:
+    """FileNotFoundError naming ``path`` and what was expected there, if it does not exist."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what} not found: {path}")
 
 
 def read_image(path: str) -> np.ndarray:
-    """Decodes an image file to uint8 RGB [H, W, 3] as stored; raises ``OSError`` if it is corrupt.
-
-    No EXIF rotation (unlike ``ssd_jax.image_io.read_image``'s default): the annotations index the
-    stored pixels, as in the TFDS copies of these data sets.
-    """
+    """Decodes an image file to uint8 RGB [H, W, 3] as stored (no EXIF rotation); ``OSError`` if corrupt."""
     return image_io.read_image(path, exif_orientation=False)
 
 
-def _canonical(image, boxes_xyxy_pixels, labels, difficult, image_id, stats: SkipStats):
-    """Normalises pixel boxes, clips them and drops degenerate ones (counted): the pipeline's rule."""
-    height, width = image.shape[:2]
-    boxes = np.asarray(boxes_xyxy_pixels, np.float32).reshape(-1, 4) / np.array([width, height, width, height],
-                                                                               np.float32)
-    boxes, good = (np.asarray(t) for t in pipeline.clip_and_keep(boxes))
-    stats["bad_boxes"] += int(np.sum(~good))
-    return {
-        "image": image,
-        "boxes": boxes[good],
-        "labels": np.asarray(labels, np.int32)[good],
-        "difficult": np.asarray(difficult, bool)[good],
-        "image_id": np.int64(image_id),
-    }
+# ----------------------------------------------------------------------------- images and the index
+def image_header(path: str) -> tuple[int, int, int]:
+    """(width, height, EXIF orientation 1..8) of a stored image, from its header.
+
+    Raises ``OSError`` for a missing, unreadable or visibly truncated file (a JPEG without its end
+    marker, a PNG without IEND): the pipeline would fail on it later.
+    """
+    with Image.open(path) as image:
+        width, height = image.size
+        orientation = int(image.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
+        kind = image.format
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - 1024))
+        tail = f.read()
+    if (kind == "JPEG" and b"\xff\xd9" not in tail) or (kind == "PNG" and b"IEND" not in tail):
+        raise OSError(f"{path}: truncated {kind} file")
+    return width, height, orientation if 1 <= orientation <= 8 else 1
 
 
-# ----------------------------------------------------------------------------- VOCdevkit
-def parse_voc_annotation(path: str, class_names=VOC_CLASS_NAMES):
-    """A VOC XML file -> (boxes [N, 4] xyxy pixels, labels [N] 1..20, difficult [N]).
+def upright_size(width: int, height: int, orientation: int) -> tuple[int, int]:
+    return (height, width) if orientation >= 5 else (width, height)
+
+
+def orientation_to_apply(width: int, height: int, orientation: int, annotated_size) -> int:
+    """The EXIF orientation to apply: none when the annotation's size is that of the stored pixels
+    and turning them would swap the sides (the boxes were drawn on the stored image)."""
+    if orientation >= 5 and annotated_size is not None and tuple(annotated_size) == (width, height) != (height, width):
+        return 1
+    return orientation
+
+
+def orient(image, orientation):
+    """Turns decoded pixels [H, W, 3] upright as EXIF ``orientation`` (int32 [], 1..8) says,
+    as ``PIL.ImageOps.exif_transpose`` does."""
+    branches = [
+        lambda: image,  # 0: not an orientation
+        lambda: image,  # 1: upright
+        lambda: tf.image.flip_left_right(image),  # 2
+        lambda: tf.image.rot90(image, 2),  # 3
+        lambda: tf.image.flip_up_down(image),  # 4
+        lambda: tf.image.transpose(image),  # 5
+        lambda: tf.image.rot90(image, 3),  # 6: 90 degrees clockwise
+        lambda: tf.image.rot90(tf.image.transpose(image), 2),  # 7
+        lambda: tf.image.rot90(image, 1),  # 8: 90 degrees counter-clockwise
+    ]
+    return tf.switch_case(tf.clip_by_value(tf.cast(orientation, tf.int32), 0, 8), branches)
+
+
+@dataclasses.dataclass
+class ImageIndex:
+    """The images of one split: paths and annotations, no pixels. Boxes are normalised corners."""
+
+    paths: list[str] = dataclasses.field(default_factory=list)
+    boxes: list[np.ndarray] = dataclasses.field(default_factory=list)  # [n_i, 4] each
+    labels: list[np.ndarray] = dataclasses.field(default_factory=list)  # [n_i] 1..C-1
+    difficult: list[np.ndarray] = dataclasses.field(default_factory=list)  # [n_i]
+    image_ids: list[int] = dataclasses.field(default_factory=list)
+    orientations: list[int] = dataclasses.field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def num_objects(self) -> int:
+        return int(sum(len(labels) for labels in self.labels))
+
+    def add(self, path, boxes, labels, difficult, image_id, orientation) -> None:
+        self.paths.append(path)
+        self.boxes.append(np.asarray(boxes, np.float32).reshape(-1, 4))
+        self.labels.append(np.asarray(labels, np.int32))
+        self.difficult.append(np.asarray(difficult, bool))
+        self.image_ids.append(int(image_id))
+        self.orientations.append(int(orientation))
+
+    def clip_boxes(self, stats: SkipStats) -> None:
+        """Applies the pipeline's box rule (clip to the image, keep positive areas), counting drops."""
+        if not self.paths:
+            return
+        lengths = [len(b) for b in self.boxes]
+        boxes, keep = (np.asarray(t) for t in pipeline.clip_and_keep(np.concatenate(self.boxes).reshape(-1, 4)))
+        stats["bad_boxes"] += int(np.sum(~keep))
+        splits = np.cumsum(lengths)[:-1]
+        for i, (b, k) in enumerate(zip(np.split(boxes, splits), np.split(keep, splits))):
+            self.boxes[i], self.labels[i], self.difficult[i] = b[k], self.labels[i][k], self.difficult[i][k]
+
+    def dataset(self, *, decode: bool = True, process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+        """Canonical examples, streamed: each file read (and decoded, turned upright) as the pipeline
+        asks for it. ``decode=False`` leaves the image encoded, with its 'orientation', for
+        ``pipeline.train_dataset`` to decode after skipping. With several processes, each takes
+        every process_count-th image."""
+        lengths = np.asarray([len(b) for b in self.boxes], np.int64)
+
+        def ragged(parts, dtype, width=None):
+            flat = np.concatenate(parts) if parts else np.zeros((0,) if width is None else (0, width), dtype)
+            return tf.RaggedTensor.from_row_lengths(flat.astype(dtype).reshape((-1,) + ((width,) if width else ())),
+                                                    lengths)
+
+        ds = tf.data.Dataset.from_tensor_slices({
+            "path": tf.constant(self.paths, tf.string, shape=[len(self.paths)]),
+            "boxes": ragged(self.boxes, np.float32, 4), "labels": ragged(self.labels, np.int32),
+            "difficult": ragged(self.difficult, bool), "image_id": np.asarray(self.image_ids, np.int64),
+            "orientation": np.asarray(self.orientations, np.int32)})
+        if process_count > 1:
+            ds = ds.shard(process_count, process_index)
+
+        def load(record):
+            example = {"boxes": record["boxes"], "labels": record["labels"], "difficult": record["difficult"],
+                       "image_id": record["image_id"]}
+            encoded = tf.io.read_file(record["path"])
+            if not decode:
+                return {**example, "image": encoded, "orientation": record["orientation"]}
+            image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+            return {**example, "image": orient(image, record["orientation"])}
+
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.ignore_errors(log_warning=True)  # a file damaged after indexing: skipped, said in the log
+
+
+# ----------------------------------------------------------------------------- VOC layout
+def parse_voc_annotation(path: str) -> tuple[list[tuple[str, tuple, bool]], tuple[int, int] | None]:
+    """A VOC XML file -> ([(object name, (xmin, ymin, xmax, ymax) pixels, difficult)], (width, height) or None).
 
     The corners stay as the XML gives them (1-based, inclusive pixel ranges), as TFDS's VOC keeps
-    them, so that both sources give the same boxes and the VOC metric scores them with the devkit's
-    inclusive IoU (``DatasetSpec.voc_iou``). Raises ``ValueError`` on a malformed file or unknown class.
+    them, so that both sources give the same boxes and the VOC metric scores them with the
+    devkit's inclusive IoU. Raises ``ValueError`` on a malformed file.
     """
     try:
         root = ElementTree.parse(path).getroot()
     except ElementTree.ParseError as error:
         raise ValueError(f"{path}: not valid XML ({error})") from error
-    boxes, labels, difficult = [], [], []
+    objects = []
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()
-        if name not in class_names:
-            raise ValueError(f"{path}: unknown class {name!r}")
         box = obj.find("bndbox")
-        if box is None:
-            raise ValueError(f"{path}: object {name!r} has no bndbox")
+        if not name or box is None:
+            raise ValueError(f"{path}: an object without a name or a bndbox")
         try:
-            x0, y0, x1, y1 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            corners = tuple(float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: object {name!r} has a malformed bndbox") from error
-        boxes.append((x0, y0, x1, y1))
-        labels.append(class_names.index(name) + 1)
-        difficult.append((obj.findtext("difficult") or "0").strip() == "1")
-    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int32), np.asarray(difficult, bool)
+        objects.append((name, corners, (obj.findtext("difficult") or "0").strip() == "1"))
+    try:
+        size = (int(root.findtext("size/width")), int(root.findtext("size/height")))
+    except (TypeError, ValueError):
+        size = None
+    return objects, size
 
 
-def voc_examples(root: str, year: str = "2007", image_set: str = "trainval", stats: SkipStats | None = None):
-    """Yields canonical examples of ``root``/VOC{year} for the ids in ImageSets/Main/{image_set}.txt."""
-    stats = SkipStats() if stats is None else stats
-    base = os.path.join(root, f"VOC{year}")
-    _require(base, "VOCdevkit year directory")
-    list_file = os.path.join(base, "ImageSets", "Main", f"{image_set}.txt")
-    _require(list_file, "VOC image set list")
-    with open(list_file) as f:
-        ids = [line.strip().split()[0] for line in f if line.strip()]
-    for image_name in ids:
-        try:
-            boxes, labels, difficult = parse_voc_annotation(os.path.join(base, "Annotations", f"{image_name}.xml"))
-        except (OSError, ValueError) as error:
-            stats["bad_annotations"] += 1
-            logging.warning("skipping %s: %s", image_name, error)
-            continue
-        try:
-            image = read_image(os.path.join(base, "JPEGImages", f"{image_name}.jpg"))
-        except OSError as error:
-            stats["corrupt_images"] += 1
-            logging.warning("skipping %s: unreadable image (%s)", image_name, error)
-            continue
-        image_id = int(pipeline.image_id_from_filename(tf.constant(image_name)))
-        yield _canonical(image, boxes, labels, difficult, image_id, stats)
+def voc_splits(root: str) -> tuple[dict[str, list[tuple[str, str]]], str]:
+    """The (folder, image stem) of each split of a VOC folder -> ({'train': [...], 'eval': [...]}, how).
+
+    ``root`` is a VOCdevkit (VOC2007/ and VOC2012/ inside: 07+12 trainval for training, 07 test
+    for evaluation, the paper's setup) or one folder in VOC layout, with ImageSets/Main/
+    trainval.txt and test.txt, or without them: every 10th image by file name for evaluation.
+    """
+    require(root, "VOC folder (--config.data_dir)")
+    years = [y for y in ("VOC2007", "VOC2012") if os.path.isdir(os.path.join(root, y))]
+    if years:
+        train = [(os.path.join(root, y), stem) for y in years
+                 for stem in _split_file(os.path.join(root, y, "ImageSets", "Main", "trainval.txt"))]
+        eval_ = [(os.path.join(root, "VOC2007"), stem)
+                 for stem in _split_file(os.path.join(root, "VOC2007", "ImageSets", "Main", "test.txt"))]
+        return {"train": train, "eval": eval_}, f"VOCdevkit {root}: {' + '.join(years)} trainval, VOC2007 test"
+    require(os.path.join(root, "Annotations"), "VOC Annotations folder (Annotations/*.xml)")
+    require(os.path.join(root, "JPEGImages"), "VOC image folder (JPEGImages/)")
+    main = os.path.join(root, "ImageSets", "Main")
+    if os.path.exists(os.path.join(main, "trainval.txt")) and os.path.exists(os.path.join(main, "test.txt")):
+        return ({"train": [(root, s) for s in _split_file(os.path.join(main, "trainval.txt"))],
+                 "eval": [(root, s) for s in _split_file(os.path.join(main, "test.txt"))]},
+                f"{root}: ImageSets/Main/trainval.txt and test.txt")
+    stems = sorted(os.path.splitext(name)[0] for name in os.listdir(os.path.join(root, "Annotations"))
+                   if name.endswith(".xml"))
+    eval_stems = set(stems[EVAL_EVERY - 1::EVAL_EVERY])
+    return ({"train": [(root, s) for s in stems if s not in eval_stems], "eval": [(root, s) for s in stems
+                                                                                if s in eval_stems]},
+            f"{root}: no ImageSets/Main split files, so every {EVAL_EVERY}th image by file name is for evaluation")
+
+
+def _split_file(path: str) -> list[str]:
+    require(path, "VOC split file")
+    with open(path) as f:
+        return [line.split()[0] for line in f if line.strip()]
+
+
+def _image_path(folder: str, stem: str) -> str:
+    for extension in (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG"):
+        path = os.path.join(folder, "JPEGImages", stem + extension)
+        if os.path.exists(path):
+            return path
+    return os.path.join(folder, "JPEGImages", stem + ".jpg")
+
+
+def open_voc_folder(root: str, class_names=None) -> tuple[tuple[str, ...], dict[str, ImageIndex], SkipStats, str]:
+    """Indexes a VOC folder -> (class names, {'train', 'eval': ImageIndex}, what was skipped, how it was split).
+
+    Class names are the object names found in the annotations, sorted, unless ``class_names``
+    fixes them (their order, and which: objects of other names are skipped and counted).
+    """
+    splits, how = voc_splits(root)
+    stats = SkipStats()
+    parsed = {}
+    for split, items in splits.items():
+        parsed[split] = []
+        for folder, stem in items:
+            xml_path = os.path.join(folder, "Annotations", stem + ".xml")
+            try:
+                parsed[split].append((folder, stem, *parse_voc_annotation(xml_path)))
+            except (OSError, ValueError) as error:
+                stats["malformed_annotations"] += 1
+                logging.warning("skipping %s: %s", xml_path, error)
+    names = tuple(class_names) if class_names else tuple(sorted({name for items in parsed.values()
+                                                                 for *_, objects, _ in items
+                                                                 for name, _, _ in objects}))
+    ids = {name: k + 1 for k, name in enumerate(names)}
+    indexes = {}
+    for split, items in parsed.items():
+        index = ImageIndex()
+        for folder, stem, objects, size in items:
+            path = _image_path(folder, stem)
+            try:
+                width, height, orientation = image_header(path)
+            except OSError as error:
+                stats["unreadable_images"] += 1
+                logging.warning("skipping %s: unreadable image (%s)", path, error)
+                continue
+            orientation = orientation_to_apply(width, height, orientation, size)
+            width, height = upright_size(width, height, orientation)
+            kept = [(ids[name], corners, difficult) for name, corners, difficult in objects if name in ids]
+            stats["other_classes"] += len(objects) - len(kept)
+            boxes = np.asarray([corners for _, corners, _ in kept], np.float32).reshape(-1, 4)
+            index.add(path, boxes / np.asarray([width, height, width, height], np.float32),
+                      [label for label, _, _ in kept], [d for _, _, d in kept],
+                      int(pipeline.image_id_from_filename(tf.constant(stem))), orientation)
+        index.clip_boxes(stats)
+        indexes[split] = index
+    return names, indexes, stats, how
 
 
 # ----------------------------------------------------------------------------- COCO json
-def coco_examples(annotation_file: str, image_dir: str, stats: SkipStats | None = None,
-                  category_ids: list[int] | None = None):
-    """Yields canonical examples of a COCO-format json; categories map to 1..K in id order.
+def open_coco_json(annotations: dict[str, str], images: dict[str, str], class_names=None):
+    """Indexes COCO-format json files -> (class names, category ids, {'train', 'eval': ImageIndex}, skipped).
 
-    Crowd annotations become ``difficult``. ``category_ids`` (sorted COCO ids) fixes the
-    mapping; by default it is the sorted ids of the file's categories.
+    ``annotations`` and ``images``: {split: path} for 'train', 'eval' or both. Categories become classes 1..K in
+    the order of their ids (their source ids are returned, for results in the source's terms),
+    or in the order of ``class_names``. Crowd regions become ``difficult`` (not trained on).
     """
-    stats = SkipStats() if stats is None else stats
-    _require(annotation_file, "COCO annotation file")
-    _require(image_dir, "COCO image directory")
-    with open(annotation_file) as f:
-        data = json.load(f)
-    category_ids = sorted(c["id"] for c in data.get("categories", [])) if category_ids is None else category_ids
-    contiguous = {cat: k + 1 for k, cat in enumerate(category_ids)}
-    by_image = collections.defaultdict(list)
-    for ann in data.get("annotations", []):
-        by_image[ann.get("image_id")].append(ann)
-    for info in data.get("images", []):
-        boxes, labels, crowd = [], [], []
-        for ann in by_image.get(info["id"], []):
-            bbox = ann.get("bbox")
-            if (not isinstance(bbox, list) or len(bbox) != 4 or ann.get("category_id") not in contiguous
-                    or not all(isinstance(v, int | float) for v in bbox) or bbox[2] <= 0 or bbox[3] <= 0):
-                stats["bad_annotations"] += 1
-                continue
-            x, y, w, h = bbox
-            boxes.append((x, y, x + w, y + h))
-            labels.append(contiguous[ann["category_id"]])
-            crowd.append(bool(ann.get("iscrowd", 0)))
+    stats = SkipStats()
+    loaded = {}
+    for split in annotations:
+        require(annotations[split], f"COCO annotation file of the {split} split")
+        require(images[split], f"COCO image folder of the {split} split")
         try:
-            image = read_image(os.path.join(image_dir, info["file_name"]))
-        except OSError as error:
-            stats["corrupt_images"] += 1
-            logging.warning("skipping %s: unreadable image (%s)", info.get("file_name"), error)
-            continue
-        yield _canonical(image, boxes, labels, crowd, info["id"], stats)
-
-
-def as_dataset(examples_fn, *args, **kwargs) -> tf.data.Dataset:
-    """A tf.data source of canonical examples from one of the generators above.
-
-    The generator is re-run for every pass (e.g. every training epoch).
-    """
-    return tf.data.Dataset.from_generator(lambda: examples_fn(*args, **kwargs),
-                                          output_signature=CANONICAL_SIGNATURE)
+            with open(annotations[split]) as f:
+                loaded[split] = json.load(f)
+        except ValueError as error:
+            raise ValueError(f"{annotations[split]} is not valid JSON ({error})") from error
+        if not isinstance(loaded[split], dict) or "images" not in loaded[split]:
+            raise ValueError(f"{annotations[split]} is not a COCO annotation file (no 'images' list)")
+    categories = {c["id"]: c["name"] for data in loaded.values() for c in data.get("categories", [])}
+    if class_names:
+        by_name = {name: cat for cat, name in categories.items()}
+        missing = [name for name in class_names if name not in by_name]
+        if missing:
+            raise ValueError(f"class names {missing} are not categories of the COCO files "
+                             f"(they have {sorted(by_name)})")
+        category_ids = tuple(by_name[name] for name in class_names)
+    else:
+        category_ids = tuple(sorted(categories))
+    names = tuple(categories[c] for c in category_ids)
+    contiguous = {cat: k + 1 for k, cat in enumerate(category_ids)}
+    indexes = {}
+    for split, data in loaded.items():
+        by_image = collections.defaultdict(list)
+        for ann in data.get("annotations", []):
+            by_image[ann.get("image_id")].append(ann)
+        index = ImageIndex()
+        for info in data["images"]:
+            path = os.path.join(images[split], str(info.get("file_name")))
+            try:
+                width, height, orientation = image_header(path)
+            except OSError as error:
+                stats["unreadable_images"] += 1
+                logging.warning("skipping %s: unreadable image (%s)", path, error)
+                continue
+            orientation = orientation_to_apply(width, height, orientation, (info.get("width"), info.get("height")))
+            width, height = upright_size(width, height, orientation)
+            boxes, labels, crowd = [], [], []
+            for ann in by_image.get(info.get("id"), []):
+                bbox = ann.get("bbox")
+                if (not isinstance(bbox, list) or len(bbox) != 4
+                        or not all(isinstance(v, int | float) and np.isfinite(v) for v in bbox)):
+                    stats["malformed_annotations"] += 1
+                    continue
+                if ann.get("category_id") not in contiguous:
+                    stats["other_classes"] += 1
+                    continue
+                x, y, w, h = bbox
+                boxes.append((x / width, y / height, (x + w) / width, (y + h) / height))
+                labels.append(contiguous[ann["category_id"]])
+                crowd.append(bool(ann.get("iscrowd", 0)))
+            index.add(path, boxes, labels, crowd, info["id"], orientation)
+        index.clip_boxes(stats)
+        indexes[split] = index
+    return names, category_ids, indexes, stats

@@ -145,6 +145,128 @@ def dataset_spec(name: str) -> DatasetSpec:
 
 
 # ----------------------------------------------------------------------------- TFDS sources
+# ----------------------------------------------------------------------------- opened sources
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A data set opened for reading: what training and evaluation need to know about it, and
+    ``examples(split, ...)``, its canonical examples. ``open_source`` makes one."""
+
+    name: str
+    class_names: tuple[str, ...]
+    examples_fn: Callable[..., tf.data.Dataset]
+    category_ids: tuple[int, ...] | None = None
+    train_on_difficult: bool = True
+    voc_iou: str = "continuous"
+    skipped: str = ""  # what reading the annotations skipped, e.g. 'skipped: 1 unreadable image'
+    where: str = ""  # where the splits come from, for messages
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) + 1
+
+    def examples(self, split: str, *, process_index: int = 0, process_count: int = 1, shuffle_files: bool = False,
+                 decode: bool = True) -> tf.data.Dataset:
+        """Canonical examples of split 'train' or 'eval' (see ``tfds_source`` for the options)."""
+        return self.examples_fn(split, process_index=process_index, process_count=process_count,
+                                shuffle_files=shuffle_files, decode=decode)
+
+
+def _open_tfds(name: str, *, data_dir=None, class_names=None, **unused) -> Source:
+    del unused
+    spec = dataset_spec(name)
+    if class_names and tuple(class_names) != spec.class_names:
+        raise ValueError(f"{name} has its own class names {list(spec.class_names)}; class_names applies to the "
+                         f"vocdir and cocojson data sets")
+
+    def examples(split, **options):
+        return tfds_source(name, split, data_dir=data_dir, **options)
+
+    parts = {split: ", ".join(f"{tfds_name} split {tfds_split!r}" for tfds_name, tfds_split in getattr(spec, split))
+             for split in ("train", "eval")}
+    return Source(name=name, class_names=spec.class_names, examples_fn=examples, category_ids=spec.category_ids,
+                  train_on_difficult=spec.train_on_difficult, voc_iou=spec.voc_iou,
+                  where=f"TFDS {parts['train']} (training), {parts['eval']} (evaluation) in "
+                        f"{data_dir or 'the default TFDS data directory'}")
+
+
+def _indexed_source(name, class_names, indexes, *, where, skipped, **fields) -> Source:
+    for split, what in (("train", "training"), ("eval", "evaluation")):
+        if split not in indexes:
+            continue
+        if not len(indexes[split]):
+            raise ValueError(f"the {what} split of {where} has no images{'' if not skipped else ' (' + skipped + ')'}")
+        if not indexes[split].num_objects:
+            raise ValueError(f"the {what} split of {where} has no objects of the classes {list(class_names)}")
+
+    def examples(split, *, process_index=0, process_count=1, shuffle_files=False, decode=True):
+        del shuffle_files  # train_dataset shuffles
+        if split not in indexes:
+            raise ValueError(f"{name} was opened without its {split} split")
+        return indexes[split].dataset(decode=decode, process_index=process_index, process_count=process_count)
+
+    return Source(name=name, class_names=tuple(class_names), examples_fn=examples, where=where, skipped=skipped,
+                  **fields)
+
+
+def _open_voc_folder(name: str, *, data_dir=None, class_names=None, **unused) -> Source:
+    del unused
+    from ssd_jax.data import local
+
+    if not data_dir:
+        raise ValueError("the vocdir data set reads a VOC folder: set data_dir (--config.data_dir=DIR)")
+    names, indexes, stats, how = local.open_voc_folder(data_dir, class_names)
+    return _indexed_source(name, names, indexes, where=how, skipped=stats.summary(), voc_iou="devkit")
+
+
+def _open_coco_json(name: str, *, train_annotations=None, train_images=None, eval_annotations=None,
+                    eval_images=None, class_names=None, **unused) -> Source:
+    del unused
+    from ssd_jax.data import local
+
+    paths = {"train_annotations": train_annotations, "train_images": train_images,
+             "eval_annotations": eval_annotations, "eval_images": eval_images}
+    splits = [split for split in ("train", "eval") if paths[f"{split}_annotations"] or paths[f"{split}_images"]]
+    missing = [key for key, value in paths.items() if not value and key.split("_")[0] in splits]
+    if missing or not splits:
+        missing = missing or list(paths)
+        raise ValueError(f"the cocojson data set needs {', '.join(missing)} (--config.{missing[0]}=PATH, ...)")
+    names, category_ids, indexes, stats = local.open_coco_json(
+        {split: paths[f"{split}_annotations"] for split in splits},
+        {split: paths[f"{split}_images"] for split in splits}, class_names)
+    where = " and ".join(paths[f"{split}_annotations"] for split in splits)
+    return _indexed_source(name, names, indexes, where=where,
+                           skipped=stats.summary(), category_ids=category_ids, train_on_difficult=False)
+
+
+# Data sets on disk that are not TFDS builders: one reader (ssd_jax.data.local) and one entry each.
+LOCAL_FORMATS = {"vocdir": _open_voc_folder, "cocojson": _open_coco_json}
+DATASET_NAMES = tuple(sorted(DATASETS) + sorted(LOCAL_FORMATS))
+
+
+def open_source(name: str, **options) -> Source:
+    """Opens data set ``name`` (a TFDS one of ``DATASETS``, or 'vocdir' / 'cocojson' on disk).
+
+    options: data_dir (TFDS data directory, or the VOC folder for 'vocdir'); train_annotations,
+    train_images, eval_annotations, eval_images ('cocojson'); class_names (on disk: fixes the
+    classes and their order). Raises ``ValueError`` or ``FileNotFoundError`` naming what is missing.
+    """
+    if name in LOCAL_FORMATS:
+        return LOCAL_FORMATS[name](name, **options)
+    if name in DATASETS:
+        return _open_tfds(name, **options)
+    raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASET_NAMES)}")
+
+
+def source_options(config) -> dict:
+    """The ``open_source`` options of a training config."""
+    names = config.get("class_names") or ()
+    if isinstance(names, str):
+        names = tuple(name.strip() for name in names.split(",") if name.strip())
+    return {"data_dir": config.get("data_dir"), "train_annotations": config.get("train_annotations"),
+            "train_images": config.get("train_images"), "eval_annotations": config.get("eval_annotations"),
+            "eval_images": config.get("eval_images"), "class_names": tuple(names)}
+
+
 class DatasetNotPreparedError(FileNotFoundError):
     """A TFDS data set that is not on disk; the message says how to prepare it."""
 
@@ -245,6 +367,10 @@ def train_dataset(source: tf.data.Dataset, *, batch_size: int, image_size: int, 
         image = example["image"]
         if image.dtype == tf.string:  # left encoded by the source: decode only what is used
             image = tf.io.decode_image(image, channels=3, expand_animations=False)
+            if "orientation" in example:  # a photo with an EXIF orientation (ssd_jax.data.local)
+                from ssd_jax.data.local import orient
+
+                image = orient(image, example["orientation"])
         image, boxes, labels = augment.ssd_augment(
             image, example["boxes"], example["labels"], tf.stack([tf.cast(seed, tf.int64), index]),
             size=image_size, **(augment_options or {}))

@@ -1,6 +1,6 @@
 """Evaluation on a data set's evaluation split: the one path that training, experiments/evaluate.py
-and the detection pictures share. Imports TensorFlow (the input pipeline); the metrics themselves
-(``ssd_jax.evaluation``) do not.
+and the detection pictures share. The data set is an opened ``pipeline.Source`` (TFDS or on disk).
+Imports TensorFlow (the input pipeline); the metrics themselves (``ssd_jax.evaluation``) do not.
 """
 
 from __future__ import annotations
@@ -25,35 +25,33 @@ class EvaluationError(ValueError):
     """The model does not fit the data set, or the split is empty; the message says what to do."""
 
 
-def class_map_for(model_config: SSDConfig, dataset: str) -> np.ndarray | None:
+def class_map_for(model_config: SSDConfig, source: pipeline.Source) -> np.ndarray | None:
     """The model-class -> data-set-class map: None when the model's classes are the data set's;
     for a model whose class slots are the source's category ids (torchvision's 91 COCO slots),
     the map onto the data set's classes. ``EvaluationError`` for any other class count."""
-    spec = pipeline.dataset_spec(dataset)
-    if model_config.num_classes == spec.num_classes:
+    if model_config.num_classes == source.num_classes:
         return None
-    if spec.category_ids is not None and model_config.num_classes == max(spec.category_ids) + 1:
+    if source.category_ids is not None and model_config.num_classes == max(source.category_ids) + 1:
         table = np.zeros(model_config.num_classes, np.int64)  # unused slots (and background) -> 0: dropped
-        table[list(spec.category_ids)] = np.arange(1, len(spec.category_ids) + 1)
+        table[list(source.category_ids)] = np.arange(1, len(source.category_ids) + 1)
         return table
-    raise EvaluationError(f"the model has {model_config.num_classes} classes but {dataset} has {spec.num_classes} "
-                          f"(with background): evaluate it on the data set it was trained for")
+    raise EvaluationError(f"the model has {model_config.num_classes} classes but {source.name} has "
+                          f"{source.num_classes} (with background): evaluate it on the data set it was trained for")
 
 
-def evaluator_for(model_config: SSDConfig, dataset: str, *, batch_size: int, iou_convention: str | None = None,
-                  **detect_options) -> Evaluator:
+def evaluator_for(model_config: SSDConfig, source: pipeline.Source, *, batch_size: int,
+                  iou_convention: str | None = None, **detect_options) -> Evaluator:
     """An ``Evaluator`` with the data set's class names, category ids and VOC IoU convention."""
-    spec = pipeline.dataset_spec(dataset)
-    return Evaluator(model_config, batch_size=batch_size, class_names=spec.class_names,
-                     coco_category_ids=spec.category_ids, iou_convention=iou_convention or spec.voc_iou,
-                     class_map=class_map_for(model_config, dataset), **detect_options)
+    return Evaluator(model_config, batch_size=batch_size, class_names=source.class_names,
+                     coco_category_ids=source.category_ids, iou_convention=iou_convention or source.voc_iou,
+                     class_map=class_map_for(model_config, source), **detect_options)
 
 
-def evaluation_batches(dataset: str, *, image_size: int, batch_size: int, data_dir: str | None = None
+def evaluation_batches(source: pipeline.Source, *, image_size: int, batch_size: int
                        ) -> Iterator[dict[str, np.ndarray]]:
     """The evaluation split's numpy batches (images resized to ``image_size``, all objects kept)."""
-    source = pipeline.tfds_source(dataset, "eval", data_dir=data_dir)
-    return pipeline.as_numpy(pipeline.eval_dataset(source, batch_size=batch_size, image_size=image_size))
+    return pipeline.as_numpy(pipeline.eval_dataset(source.examples("eval"), batch_size=batch_size,
+                                                   image_size=image_size))
 
 
 def check_writable(directory: str) -> None:
@@ -63,21 +61,18 @@ def check_writable(directory: str) -> None:
         pass
 
 
-def evaluate_split(params, model_config: SSDConfig, dataset: str, *, batch_size: int, data_dir: str | None = None,
+def evaluate_split(params, model_config: SSDConfig, source: pipeline.Source, *, batch_size: int,
                    iou_convention: str | None = None, progress: bool = False):
     """Detects on the whole evaluation split -> (metrics, evaluator, detections, ground truths).
 
     Raises ``EvaluationError`` if the split is empty (saying where it came from).
     """
-    evaluator = evaluator_for(model_config, dataset, batch_size=batch_size, iou_convention=iou_convention)
-    batches = evaluation_batches(dataset, image_size=model_config.image_size, batch_size=batch_size,
-                                 data_dir=data_dir)
+    evaluator = evaluator_for(model_config, source, batch_size=batch_size, iou_convention=iou_convention)
+    batches = evaluation_batches(source, image_size=model_config.image_size, batch_size=batch_size)
     detections, truths = evaluator.collect(params, batches, progress=progress)
     if not truths:
-        parts = ", ".join(f"{name} split {split!r}" for name, split in pipeline.dataset_spec(dataset).eval)
-        raise EvaluationError(f"the evaluation split of {dataset} is empty: TFDS {parts} in "
-                              f"{data_dir or 'the default TFDS data directory'} gave no images; prepare the data "
-                              f"set again or check the data directory")
+        raise EvaluationError(f"the evaluation split of {source.name} is empty: {source.where} gave no images; "
+                              f"prepare the data set again or check the data directory")
     return evaluator.metrics(detections, truths), evaluator, detections, truths
 
 
@@ -100,16 +95,15 @@ def write_report(out_dir: str, metrics: dict, evaluator: Evaluator, detections=N
     return written
 
 
-def draw_split_detections(params, model_config: SSDConfig, dataset: str, path: str, *, count: int = 12,
-                          data_dir: str | None = None) -> str:
+def draw_split_detections(params, model_config: SSDConfig, source: pipeline.Source, path: str, *,
+                          count: int = 12) -> str:
     """The model's detections drawn on the first ``count`` evaluation images -> ``path``."""
     import ssd_jax
     from ssd_jax import visualize
 
-    batch = next(evaluation_batches(dataset, image_size=model_config.image_size, batch_size=count,
-                                    data_dir=data_dir))
+    batch = next(evaluation_batches(source, image_size=model_config.image_size, batch_size=count))
     detections = ssd_jax.detect(params, batch["image"], config=model_config)
-    sheet = visualize.detection_sheet(detections, batch["image"], pipeline.dataset_spec(dataset).class_names)
+    sheet = visualize.detection_sheet(detections, batch["image"], source.class_names)
     sheet.save(path)
     return path
 
