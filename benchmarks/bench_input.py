@@ -3,6 +3,7 @@
   python benchmarks/bench_input.py                                    # shapes data, SSD300 batches of 32
   python benchmarks/bench_input.py --dataset=voc --data_dir=...
   python benchmarks/bench_input.py --dataset=shapes,vocdir --folder=DIR --rounds=3   # TFDS against a folder
+  python benchmarks/bench_input.py --dataset=shapes@DIR1,shapes@DIR2                  # two copies of a data set
 
 Several data sets are measured in alternating rounds (this machine is shared and noisy), each
 round a fresh pipeline, first batches (warm-up) untimed; the median round is reported. Data on
@@ -23,7 +24,8 @@ from absl import app, flags, logging
 
 from ssd_jax.data import pipeline
 
-DATASETS = flags.DEFINE_list("dataset", ["shapes"], f"Data sets to read: {', '.join(pipeline.DATASET_NAMES)}.")
+DATASETS = flags.DEFINE_list("dataset", ["shapes"], f"Data sets to read: {', '.join(pipeline.DATASET_NAMES)}; "
+                             "NAME@DIR reads NAME from the TFDS data directory DIR.")
 DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 FOLDER = flags.DEFINE_string("folder", None, "vocdir: the VOC folder.")
 ANNOTATIONS = flags.DEFINE_string("annotations", None, "cocojson: the COCO json.")
@@ -37,8 +39,9 @@ AUGMENT = flags.DEFINE_bool("augment", True, "SSD's augmentation (False: flips o
 OUT = flags.DEFINE_string("out", "benchmarks/results/bench_input.json", "JSON to write.")
 
 
-def open_data(name: str) -> pipeline.Source:
-    data_dir = FOLDER.value if name == "vocdir" else DATA_DIR.value
+def open_data(entry: str) -> pipeline.Source:
+    name, _, directory = entry.partition("@")
+    data_dir = FOLDER.value if name == "vocdir" else (directory or DATA_DIR.value)
     return pipeline.open_source(name, data_dir=data_dir, train_annotations=ANNOTATIONS.value,
                                 train_images=IMAGES.value, eval_annotations=ANNOTATIONS.value,
                                 eval_images=IMAGES.value)
@@ -46,9 +49,14 @@ def open_data(name: str) -> pipeline.Source:
 
 def images_per_second(source: pipeline.Source, image_size: int) -> float:
     options = None if AUGMENT.value else {"zoom_out_probability": 0.0, "crop_probability": 0.0, "photometric": False}
-    examples = source.examples("train", shuffle_files=True, decode=False)
-    iterator = pipeline.as_numpy(pipeline.train_dataset(examples, batch_size=BATCH.value, image_size=image_size,
-                                                        augment_options=options))
+    indexed = source.indexed("train")
+    if indexed is not None:  # as training reads it: the global order
+        dataset = pipeline.global_train_dataset(indexed, global_batch_size=BATCH.value, image_size=image_size,
+                                                augment_options=options)
+    else:  # TFRecord: in order, through a shuffle buffer
+        dataset = pipeline.train_dataset(source.examples("train", shuffle_files=True, decode=False),
+                                         batch_size=BATCH.value, image_size=image_size, augment_options=options)
+    iterator = pipeline.as_numpy(dataset)
     for _ in range(WARMUP.value):
         next(iterator)
     start = time.perf_counter()

@@ -23,6 +23,9 @@ NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number 
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-host with the cluster's own discovery (TPU pods, "
                                 "SLURM, ...): jax.distributed.initialize() without arguments.")
+PEER_TIMEOUT = flags.DEFINE_integer("peer_timeout", 120, "Multi-host: seconds after which a process that stopped "
+                                    "answering (dead, unreachable) ends the job on every process, and the longest "
+                                    "wait to join or leave it.", lower_bound=10)
 SHOW_CONFIG = flags.DEFINE_bool("show_config", False, "Print the training config (every field, after the "
                                 "--config.FIELD overrides) and exit.")
 DATASET = flags.DEFINE_enum("dataset", None, sorted([*DATASET_CONFIGS, "vocdir", "cocojson"]),
@@ -111,9 +114,11 @@ def run(config, workdir: str, *, after_training=None) -> None:
     if SHOW_CONFIG.value:
         print(config)
         sys.exit(0)
-    start_jax(ACCEL.value)
+    jax = start_jax(ACCEL.value)
     from ssd_jax import train
     from ssd_jax.data import DatasetNotPreparedError
+
+    is_main = jax.process_index() == 0
 
     try:
         last = train.train_and_evaluate(config, workdir)
@@ -121,10 +126,23 @@ def run(config, workdir: str, *, after_training=None) -> None:
         print(f"error: {error}\n(--show_config prints every field)", file=sys.stderr)
         sys.exit(2)
     except train.TrainingInterrupted as interruption:
-        print(interruption, file=sys.stderr)
+        if is_main:
+            print(interruption, file=sys.stderr)
         sys.exit(interruption.exit_code)
     except (DatasetNotPreparedError, *train.USER_ERRORS) as error:
-        sys.exit(f"error: {error}")
+        sys.exit(f"error: {error}" + ("" if is_main else f" (process {jax.process_index()})"))
+    except jax.errors.JaxRuntimeError as error:
+        if jax.process_count() == 1:
+            raise
+        # A collective with the other processes failed: one of them died or cannot be reached.
+        # Leave at once: JAX's own shutdown would wait for the dead one and then abort.
+        print(f"error: process {jax.process_index()}: a collective with the other processes failed "
+              f"({str(error).splitlines()[0][:200]}); another process has probably died: see its output. Run the "
+              f"same command on every process again to resume from the last checkpoint.", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(1)
+    if not is_main:  # process 0 alone draws and reports
+        return
     if after_training is not None:
         after_training(config, workdir)
     shown = {k: float(f"{v:.4g}") for k, v in last.items() if "/" not in k or k.startswith("loss")}
@@ -140,8 +158,7 @@ def start_jax(accel: str):
     import jax
 
     if COORDINATOR.value or DISTRIBUTED.value:
-        jax.distributed.initialize(coordinator_address=COORDINATOR.value, num_processes=NUM_PROCESSES.value,
-                                   process_id=PROCESS_ID.value)
+        join_processes(jax)
     try:
         devices = jax.devices(accel)
     except RuntimeError as error:
@@ -150,6 +167,27 @@ def start_jax(accel: str):
         sys.exit(f"error: --accel={accel} but JAX finds no {accel.upper()} ({error}). {hint}")
     logging.info("process %d of %d: %d local %s devices, %d in all", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), accel, len(devices))
-    print(f"training on {len(devices)} {accel} device(s) ({devices[0].device_kind}), "
-          f"{jax.process_count()} process(es)")
+    if jax.process_index() == 0:
+        print(f"training on {len(devices)} {accel} device(s) ({devices[0].device_kind}), "
+              f"{jax.process_count()} process(es)")
+    else:  # the other processes are silent but for errors
+        logging.set_verbosity(logging.ERROR)
     return jax
+
+
+def join_processes(jax) -> None:
+    """jax.distributed.initialize with bounded waits, or exits saying what is wrong with the flags."""
+    if not DISTRIBUTED.value:
+        count, index = NUM_PROCESSES.value, PROCESS_ID.value
+        if count is None or index is None or count < 1 or not 0 <= index < count:
+            sys.exit(f"error: --coordinator_address needs --num_processes=N (N >= 1) and --process_id in 0..N-1, "
+                     f"got --num_processes={count} --process_id={index}")
+    timeout = PEER_TIMEOUT.value
+    try:
+        jax.distributed.initialize(coordinator_address=COORDINATOR.value, num_processes=NUM_PROCESSES.value,
+                                   process_id=PROCESS_ID.value, initialization_timeout=timeout,
+                                   heartbeat_timeout_seconds=timeout, shutdown_timeout_seconds=timeout)
+    except (RuntimeError, ValueError) as error:  # e.g. the coordinator cannot be reached in time
+        sys.exit(f"error: could not join the job at {COORDINATOR.value or 'the cluster'} as process {PROCESS_ID.value} "
+                 f"of {NUM_PROCESSES.value} within {timeout} s ({str(error).splitlines()[0][:300]}); check "
+                 f"--coordinator_address (process 0's host:port), that every process was started, and --peer_timeout")

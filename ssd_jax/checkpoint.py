@@ -34,6 +34,14 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint: the message names the directory and what to do."""
 
 
+def _process_local_checkpointer() -> ocp.StandardCheckpointer:
+    """A checkpointer for this process alone: parameter checkpoints are written and read by one
+    process, never as a collective of all (which would wait for the others)."""
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"process{me}"))
+
+
 def _write_json_atomically(path: str, payload: dict) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
@@ -76,7 +84,7 @@ def save_params(directory: str | os.PathLike, params, config: SSDConfig | None =
     os.makedirs(partial)
     payload = {"config": configs.to_dict(config) if config is not None else None, **(metadata or {})}
     params = jax.tree.map(np.asarray, params)
-    with ocp.StandardCheckpointer() as checkpointer:
+    with _process_local_checkpointer() as checkpointer:
         checkpointer.save(os.path.join(partial, PARAMS_DIR), params)
         checkpointer.wait_until_finished()
     _write_json_atomically(os.path.join(partial, CONFIG_FILE), payload)  # last: marks the new one complete
@@ -123,7 +131,7 @@ def load_params(directory: str | os.PathLike, config: SSDConfig | None = None) -
         except (TypeError, ValueError, KeyError) as error:
             raise ValueError(f"{os.path.join(directory, CONFIG_FILE)} holds no valid model config ({error})") from error
     target = param_shapes(config)
-    with ocp.StandardCheckpointer() as checkpointer:
+    with _process_local_checkpointer() as checkpointer:
         try:
             params = checkpointer.restore(os.path.join(directory, PARAMS_DIR), target)
         except (ValueError, KeyError) as error:
@@ -139,7 +147,7 @@ def load_tree(directory: str | os.PathLike) -> dict:
     """Restores a parameter (sub)tree as saved, e.g. a converted VGG16 backbone."""
     directory = os.path.abspath(os.fspath(directory))
     load_metadata(directory)
-    with ocp.StandardCheckpointer() as checkpointer:
+    with _process_local_checkpointer() as checkpointer:
         return checkpointer.restore(os.path.join(directory, PARAMS_DIR))
 
 

@@ -69,6 +69,29 @@ class DataError(ValueError):
 USER_ERRORS = (NonFiniteLossError, ConfigError, DataError, workdir_lib.WorkdirError, CheckpointError)
 
 
+def sync_processes(name: str) -> None:
+    """Waits until every process gets here (nothing to wait for with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def host_copy(tree):
+    """This process's numpy copy of a replicated pytree (works for arrays spread over processes)."""
+    return jax.tree.map(lambda leaf: np.asarray(leaf.addressable_data(0)) if isinstance(leaf, jax.Array)
+                        else np.asarray(leaf), tree)
+
+
+def open_data_on_every_process(config):
+    """``open_data``, the data prepared by process 0 alone first (generated data sets are built once)."""
+    if jax.process_index() == 0:
+        source = open_data(config)
+        source.prepare()
+    sync_processes("data prepared")
+    return source if jax.process_index() == 0 else open_data(config)
+
+
 def open_data(config):
     """The training config's data set, opened (``pipeline.Source``); ``DataError`` if it cannot be."""
     from ssd_jax.data import pipeline
@@ -414,20 +437,38 @@ def jit_train_step(model_config: SSDConfig, optimizer, schedule, mesh, compute_d
 
 # ----------------------------------------------------------------------------- the loop
 class _StopRequested:
-    """Turns SIGTERM / SIGINT into a flag the loop checks, so it can save before exiting."""
+    """Turns SIGTERM / SIGINT into a stop that the loop checks at each step, so that it saves
+    before exiting. With several processes, all must stop at the same step: there SIGTERM is
+    JAX's preemption notice (passed to every process, which agree on the step to stop at), and
+    SIGINT is turned into one."""
 
     def __init__(self):
         self.signal = None
         self._previous = {}
+        self.multi_process = jax.process_count() > 1
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGINT,) if self.multi_process else (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
         del frame
         self.signal = signum
+        if self.multi_process:
+            os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption notifier
+
+    def should_stop(self, step: int) -> bool:
+        """Whether to save and stop after ``step`` (the same answer on every process)."""
+        if not self.multi_process:
+            return self.signal is not None
+        from jax.experimental import multihost_utils
+
+        if multihost_utils.reached_preemption_sync_point(step):
+            self.signal = self.signal or signal.SIGTERM
+            return True
+        return False
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -505,7 +546,7 @@ def _train_and_evaluate(config, workdir: str, *, evaluate_fn, progress: bool) ->
     batch_sharding = NamedSharding(mesh, P("data"))
 
     # --- data and model: the model has the data set's classes
-    source = open_data(config)
+    source = open_data_on_every_process(config)
     if is_main and source.skipped:
         print(f"{source.name} ({source.where}): {len(source.class_names)} classes; {source.skipped}")
     model_config = configs.get(config.model, num_classes=source.num_classes)
@@ -546,16 +587,27 @@ def _train_and_evaluate(config, workdir: str, *, evaluate_fn, progress: bool) ->
         workdir_lib.record_run(workdir, config.to_dict())
     start_step = int(state.step)
 
-    # --- input: each process reads its own part; the stream resumes at the exact example
-    examples = source.examples("train", process_index=jax.process_index(), process_count=jax.process_count(),
-                               shuffle_files=True, decode=False)
-    batches = pipeline.as_numpy(pipeline.train_dataset(
-        examples, batch_size=local_batch_size, image_size=model_config.image_size, max_boxes=config.max_boxes,
-        seed=config.seed, shuffle_buffer=config.shuffle_buffer, start_index=examples_seen,
-        augment_options={"zoom_out_probability": config.zoom_out_probability,
-                         "max_zoom_out": config.max_zoom_out,
-                         "crop_probability": config.crop_probability,
-                         "photometric": config.get("photometric", True)}))
+    # --- input: each process reads its part of every global batch; resumes at the exact example
+    augment_options = {"zoom_out_probability": config.zoom_out_probability, "max_zoom_out": config.max_zoom_out,
+                       "crop_probability": config.crop_probability, "photometric": config.get("photometric", True)}
+    indexed = source.indexed("train")
+    if indexed is not None:  # the global order: the same global batches on any cluster
+        batches = pipeline.as_numpy(pipeline.global_train_dataset(
+            indexed, global_batch_size=config.batch_size, image_size=model_config.image_size,
+            max_boxes=config.max_boxes, seed=config.seed, start_step=start_step, process_index=jax.process_index(),
+            process_count=jax.process_count(), use_difficult=source.train_on_difficult,
+            augment_options=augment_options))
+    else:  # TFRecord data, read in order: each process reads its own files
+        if jax.process_count() > 1 and is_main:
+            print(f"note: {source.name} is stored as TFRecord files, read in order: each process reads its own part "
+                  f"of the split, so the global batches depend on the number of processes. Prepared as ArrayRecord "
+                  f"(tfds build ... --file_format=array_record) they would not.")
+        examples = source.examples("train", process_index=jax.process_index(), process_count=jax.process_count(),
+                                   shuffle_files=True, decode=False)
+        batches = pipeline.as_numpy(pipeline.train_dataset(
+            examples, batch_size=local_batch_size, image_size=model_config.image_size, max_boxes=config.max_boxes,
+            seed=config.seed, shuffle_buffer=config.shuffle_buffer, start_index=examples_seen,
+            augment_options=augment_options))
 
     # --- evaluation
     if evaluate_fn is None and config.eval_every:
@@ -588,9 +640,9 @@ def _train_and_evaluate(config, workdir: str, *, evaluate_fn, progress: bool) ->
                 if pending is not None:  # one step behind: the device never waits for this check
                     _check_finite(dict(zip(("loss", "grad_norm"), jax.device_get(pending[1:]))), pending[0])
                 pending = (step, metrics["loss"], metrics["grad_norm"])
-                # Read the flag once: a signal arriving later in this step is handled at the next one,
+                # Decide once: a signal arriving later in this step is handled at the next one,
                 # so a step that breaks out of the loop has always saved first.
-                stopping = stop.signal is not None
+                stopping = stop.should_stop(step)
                 must_save = step % config.checkpoint_every == 0 or step == config.num_steps or stopping
                 if step % config.log_every == 0 or must_save:
                     metrics = jax.device_get(metrics)
@@ -606,11 +658,11 @@ def _train_and_evaluate(config, workdir: str, *, evaluate_fn, progress: bool) ->
                 if must_save:
                     save(step, wait=stopping)
                 if stopping:
-                    interrupted = TrainingInterrupted(step, stop.signal, checkpoints.directory)
+                    interrupted = TrainingInterrupted(step, stop.signal or signal.SIGTERM, checkpoints.directory)
                     break
                 if evaluate_fn is not None and config.eval_every and (step % config.eval_every == 0
                                                                       or step == config.num_steps):
-                    results = evaluate_fn(inference_params(state), step)
+                    results = evaluate_fn(host_copy(inference_params(state)), step)
                     log(step, results)
                     last.update(results)
     finally:  # also on errors (a NaN loss): finish the asynchronous saves of good checkpoints
@@ -618,14 +670,16 @@ def _train_and_evaluate(config, workdir: str, *, evaluate_fn, progress: bool) ->
         checkpoints.close()
     if interrupted is not None:
         raise interrupted
+    final_params = host_copy(inference_params(state))
     if is_main:
         from ssd_jax.evaluation import plots
 
         # The latest parameters, ready for detect / evaluate.py / detect_images.py, with the class names.
-        save_params(os.path.join(workdir, "params"), jax.device_get(inference_params(state)), model_config,
-                    metadata=model_metadata(source), overwrite=True)
+        save_params(os.path.join(workdir, "params"), final_params, model_config, metadata=model_metadata(source),
+                    overwrite=True)
         plots.plot_training_curve(os.path.join(workdir, workdir_lib.HISTORY_FILE),
                                   os.path.join(workdir, "training_curve.png"))
+    sync_processes("params written")  # nobody reads params/ before it is complete
     return last
 
 

@@ -35,7 +35,7 @@ def tiny(tmp_path_factory):
 def test_builder_metadata(tiny):
     builder, _ = tiny
     assert builder.name == 'shapes'
-    assert str(builder.version) == '1.0.0'
+    assert str(builder.version) == '1.1.0'  # ArrayRecord files
     assert builder.info.features['objects']['label'].names == list(shapes.CLASS_NAMES)
     assert shapes.Shapes.default_builder_config.name == 'full'
     full = shapes.Shapes.builder_configs['full']

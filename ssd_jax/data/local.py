@@ -158,11 +158,20 @@ class ImageIndex:
         for i, (b, k) in enumerate(zip(np.split(boxes, splits), np.split(keep, splits))):
             self.boxes[i], self.labels[i], self.difficult[i] = b[k], self.labels[i][k], self.difficult[i][k]
 
-    def dataset(self, *, decode: bool = True, process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
-        """Canonical examples, streamed: each file read (and decoded, turned upright) as the pipeline
-        asks for it. ``decode=False`` leaves the image encoded, with its 'orientation', for
-        ``pipeline.train_dataset`` to decode after skipping. With several processes, each takes
-        every process_count-th image."""
+    def indexed(self):
+        """Random access (``pipeline.IndexedSplit``): example i, its file read, not decoded."""
+        from ssd_jax.data.pipeline import IndexedSplit
+
+        tensors = self._tensors()
+
+        def read(index):
+            return {"image": tf.io.read_file(tensors["path"][index]), "boxes": tensors["boxes"][index],
+                    "labels": tensors["labels"][index], "difficult": tensors["difficult"][index],
+                    "image_id": tensors["image_id"][index], "orientation": tensors["orientation"][index]}
+
+        return IndexedSplit(size=len(self), read=read)
+
+    def _tensors(self) -> dict:
         lengths = np.asarray([len(b) for b in self.boxes], np.int64)
 
         def ragged(parts, dtype, width=None):
@@ -170,25 +179,19 @@ class ImageIndex:
             return tf.RaggedTensor.from_row_lengths(flat.astype(dtype).reshape((-1,) + ((width,) if width else ())),
                                                     lengths)
 
-        ds = tf.data.Dataset.from_tensor_slices({
-            "path": tf.constant(self.paths, tf.string, shape=[len(self.paths)]),
-            "boxes": ragged(self.boxes, np.float32, 4), "labels": ragged(self.labels, np.int32),
-            "difficult": ragged(self.difficult, bool), "image_id": np.asarray(self.image_ids, np.int64),
-            "orientation": np.asarray(self.orientations, np.int32)})
-        if process_count > 1:
-            ds = ds.shard(process_count, process_index)
+        return {"path": tf.constant(self.paths, tf.string, shape=[len(self.paths)]),
+                "boxes": ragged(self.boxes, np.float32, 4), "labels": ragged(self.labels, np.int32),
+                "difficult": ragged(self.difficult, bool), "image_id": tf.constant(self.image_ids, tf.int64),
+                "orientation": tf.constant(self.orientations, tf.int32)}
 
-        def load(record):
-            example = {"boxes": record["boxes"], "labels": record["labels"], "difficult": record["difficult"],
-                       "image_id": record["image_id"]}
-            encoded = tf.io.read_file(record["path"])
-            if not decode:
-                return {**example, "image": encoded, "orientation": record["orientation"]}
-            image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-            return {**example, "image": orient(image, record["orientation"])}
+    def dataset(self, *, decode: bool = True, process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+        """Canonical examples in index order, streamed (``pipeline.indexed_dataset``): each file read
+        (and decoded, turned upright) as the pipeline asks for it. ``decode=False`` leaves the image
+        encoded, with its 'orientation', for the training pipeline to decode after skipping."""
+        from ssd_jax.data.pipeline import indexed_dataset
 
-        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.ignore_errors(log_warning=True)  # a file damaged after indexing: skipped, said in the log
+        return indexed_dataset(self.indexed(), decode=decode, process_index=process_index,
+                               process_count=process_count)
 
 
 # ----------------------------------------------------------------------------- VOC layout

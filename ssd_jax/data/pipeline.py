@@ -159,6 +159,8 @@ class Source:
     voc_iou: str = "continuous"
     skipped: str = ""  # what reading the annotations skipped, e.g. 'skipped: 1 unreadable image'
     where: str = ""  # where the splits come from, for messages
+    indexed_fn: Callable[[str], IndexedSplit | None] = lambda split: None
+    prepare: Callable[[], None] = lambda: None  # builds generated data (once, before other processes read it)
 
     @property
     def num_classes(self) -> int:
@@ -169,6 +171,10 @@ class Source:
         """Canonical examples of split 'train' or 'eval' (see ``tfds_source`` for the options)."""
         return self.examples_fn(split, process_index=process_index, process_count=process_count,
                                 shuffle_files=shuffle_files, decode=decode)
+
+    def indexed(self, split: str) -> IndexedSplit | None:
+        """Random access to ``split``, or None where the data is only read in order (TFRecord)."""
+        return self.indexed_fn(split)
 
 
 def _open_tfds(name: str, *, data_dir=None, class_names=None, **unused) -> Source:
@@ -181,12 +187,20 @@ def _open_tfds(name: str, *, data_dir=None, class_names=None, **unused) -> Sourc
     def examples(split, **options):
         return tfds_source(name, split, data_dir=data_dir, **options)
 
+    def indexed(split):
+        return _tfds_indexed(getattr(spec, split), data_dir, spec.adapter, generated=spec.generated)
+
+    def prepare():
+        for tfds_name, _ in spec.train + spec.eval:
+            _builder(tfds_name, data_dir, generated=spec.generated)
+
     parts = {split: ", ".join(f"{tfds_name} split {tfds_split!r}" for tfds_name, tfds_split in getattr(spec, split))
              for split in ("train", "eval")}
     return Source(name=name, class_names=spec.class_names, examples_fn=examples, category_ids=spec.category_ids,
                   train_on_difficult=spec.train_on_difficult, voc_iou=spec.voc_iou,
                   where=f"TFDS {parts['train']} (training), {parts['eval']} (evaluation) in "
-                        f"{data_dir or 'the default TFDS data directory'}")
+                        f"{data_dir or 'the default TFDS data directory'}", indexed_fn=indexed,
+                  prepare=prepare if spec.generated else (lambda: None))
 
 
 def _indexed_source(name, class_names, indexes, *, where, skipped, **fields) -> Source:
@@ -204,8 +218,11 @@ def _indexed_source(name, class_names, indexes, *, where, skipped, **fields) -> 
             raise ValueError(f"{name} was opened without its {split} split")
         return indexes[split].dataset(decode=decode, process_index=process_index, process_count=process_count)
 
+    def indexed(split):
+        return indexes[split].indexed() if split in indexes else None
+
     return Source(name=name, class_names=tuple(class_names), examples_fn=examples, where=where, skipped=skipped,
-                  **fields)
+                  indexed_fn=indexed, **fields)
 
 
 def _open_voc_folder(name: str, *, data_dir=None, class_names=None, **unused) -> Source:
@@ -277,10 +294,53 @@ def _builder(name: str, data_dir: str | None, *, generated: bool):
     if generated:
         from ssd_jax.data import shapes  # noqa: F401  (registers the builder with TFDS)
     builder = tfds.builder(name, data_dir=data_dir)
-    if generated and not builder.is_prepared():
+    if generated and not builder.is_prepared():  # in ArrayRecord files: random access for the global order
         logging.info("generating the %s data set (offline, seconds)", name)
-        builder.download_and_prepare()
+        builder.download_and_prepare(file_format=tfds.core.FileFormat.ARRAY_RECORD)
     return builder
+
+
+def _tfds_indexed(parts, data_dir, adapter, *, generated: bool) -> IndexedSplit | None:
+    """Random access to TFDS splits stored as ArrayRecord (None for TFRecord or sliced splits):
+    the raw record read in Python (array_record), parsed and adapted in the graph."""
+    import bisect
+    import threading
+
+    import tensorflow_datasets as tfds
+    from array_record.python import array_record_data_source
+
+    readers, offsets, features = [], [0], None
+    for name, split in parts:
+        builder = _builder(name, data_dir, generated=generated)
+        if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+            return None
+        for part in split.split("+"):
+            if "[" in part or part not in builder.info.splits:
+                return None
+            info = builder.info.splits[part]
+            readers.append(array_record_data_source.ArrayRecordDataSource([str(p) for p in info.filepaths]))
+            offsets.append(offsets[-1] + info.num_examples)
+        features = features or builder.info.features
+    lock = threading.Lock()
+
+    def fetch(indices):
+        indices = np.asarray(indices).reshape(-1)
+        parts = [bisect.bisect_right(offsets, int(i)) - 1 for i in indices]
+        with lock:  # one reader per file set: reads one after another
+            return np.asarray([readers[part][int(i) - offsets[part]] for part, i in zip(parts, indices)], object)
+
+    def fetch_many(indices):
+        serialized = tf.py_function(fetch, [indices], tf.string)
+        serialized.set_shape([None])
+        return serialized
+
+    def parse(serialized):
+        return adapter(features.deserialize_example(serialized, decoders={"image": tfds.decode.SkipDecoding()}))
+
+    def read(index):
+        return parse(tf.reshape(fetch_many(tf.reshape(index, [1])), []))
+
+    return IndexedSplit(size=offsets[-1], read=read, fetch_many=fetch_many, parse=parse)
 
 
 def _not_prepared(name: str, data_dir: str | None, error: Exception) -> DatasetNotPreparedError:
@@ -304,6 +364,11 @@ def tfds_source(dataset: str, split: str, *, data_dir: str | None = None, shuffl
     import tensorflow_datasets as tfds
 
     spec = dataset_spec(dataset)
+    indexed = _tfds_indexed(getattr(spec, split), data_dir, spec.adapter, generated=spec.generated)
+    if indexed is not None:  # ArrayRecord files (the built-in shapes): read through the index
+        ds = indexed_dataset(indexed, decode=decode, process_index=process_index, process_count=process_count)
+        return ds.map(drop_difficult, num_parallel_calls=AUTOTUNE) if split == "train" and not \
+            spec.train_on_difficult else ds
     parts = []
     for name, tfds_split in getattr(spec, split):
         builder = _builder(name, data_dir, generated=spec.generated)
@@ -349,21 +414,11 @@ def pad_objects(example, max_boxes: int, keys=("boxes", "labels")):
     return out
 
 
-def train_dataset(source: tf.data.Dataset, *, batch_size: int, image_size: int, max_boxes: int = 100,
-                  seed: int = 0, shuffle_buffer: int = 2048, start_index: int = 0,
-                  use_difficult: bool = True, augment_options: dict | None = None) -> tf.data.Dataset:
-    """Endless, shuffled, augmented training batches (``num_dropped`` still attached).
+def _augmenter(*, image_size: int, max_boxes: int, seed: int, augment_options: dict | None):
+    """(occurrence n, canonical example) -> one training example: decoded if still encoded, turned
+    upright, augmented with seed (seed, n), resized, objects padded to ``max_boxes``."""
 
-    Every example occurrence n (counting over epochs) is augmented with seed (seed, n), and the
-    shuffle is seeded, so the stream is the same on every run; ``start_index`` skips the first
-    examples cheaply (before decoding and augmenting) to resume a run where it stopped.
-    """
-    if not use_difficult:
-        source = source.map(drop_difficult, num_parallel_calls=AUTOTUNE)
-    ds = source.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.enumerate().skip(start_index)
-
-    def transform(index, example):
+    def transform(occurrence, example):
         image = example["image"]
         if image.dtype == tf.string:  # left encoded by the source: decode only what is used
             image = tf.io.decode_image(image, channels=3, expand_animations=False)
@@ -372,14 +427,127 @@ def train_dataset(source: tf.data.Dataset, *, batch_size: int, image_size: int, 
 
                 image = orient(image, example["orientation"])
         image, boxes, labels = augment.ssd_augment(
-            image, example["boxes"], example["labels"], tf.stack([tf.cast(seed, tf.int64), index]),
+            image, example["boxes"], example["labels"], tf.stack([tf.cast(seed, tf.int64), occurrence]),
             size=image_size, **(augment_options or {}))
         image = tf.cast(tf.round(image), tf.uint8)
         image = tf.ensure_shape(image, [image_size, image_size, 3])
         return pad_objects({"image": image, "boxes": boxes, "labels": labels}, max_boxes)
 
+    return transform
+
+
+def train_dataset(source: tf.data.Dataset, *, batch_size: int, image_size: int, max_boxes: int = 100,
+                  seed: int = 0, shuffle_buffer: int = 2048, start_index: int = 0,
+                  use_difficult: bool = True, augment_options: dict | None = None) -> tf.data.Dataset:
+    """Endless, shuffled, augmented training batches (``num_dropped`` still attached), from a
+    source read in order (TFRecord data).
+
+    Every example occurrence n (counting over epochs) is augmented with seed (seed, n), and the
+    shuffle is seeded, so the stream is the same on every run; ``start_index`` skips the first
+    examples cheaply (before decoding and augmenting) to resume a run where it stopped. Sources
+    with random access take ``global_train_dataset`` instead.
+    """
+    if not use_difficult:
+        source = source.map(drop_difficult, num_parallel_calls=AUTOTUNE)
+    ds = source.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.enumerate().skip(start_index)
+    transform = _augmenter(image_size=image_size, max_boxes=max_boxes, seed=seed, augment_options=augment_options)
     ds = ds.map(transform, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexedSplit:
+    """Random access to a split: ``read(index)`` (int64 [] tensor, 0 <= index < size) -> its
+    canonical example, the image still encoded (with 'orientation' where the source has one).
+
+    Sources whose records are fetched in Python (TFDS ArrayRecord) also give ``fetch_many``
+    (indices [n] -> serialized records [n], one Python call for many) and ``parse`` (a serialized
+    record -> its canonical example, in the graph): the pipelines then fetch a batch at a time.
+    """
+
+    size: int
+    read: Callable
+    fetch_many: Callable | None = None
+    parse: Callable | None = None
+
+
+def indexed_dataset(split: IndexedSplit, *, decode: bool = True, process_index: int = 0,
+                    process_count: int = 1) -> tf.data.Dataset:
+    """The examples of an indexed split in index order (process p of P: indices p, p + P, ...),
+    read in parallel; decoded and turned upright unless ``decode`` is False."""
+
+    def load_parsed(example):
+        if decode:
+            from ssd_jax.data.local import orient
+
+            image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
+            image = orient(image, example["orientation"]) if "orientation" in example else image
+            example = {key: value for key, value in example.items() if key != "orientation"}
+            example["image"] = image
+        return example
+
+    indices = tf.data.Dataset.range(split.size).shard(process_count, process_index)
+    if split.fetch_many is not None:  # records fetched a batch at a time, parsed one by one in the graph
+        ds = indices.batch(64).map(split.fetch_many, num_parallel_calls=AUTOTUNE, deterministic=True).unbatch()
+        ds = ds.map(lambda record: load_parsed(split.parse(record)), num_parallel_calls=AUTOTUNE, deterministic=True)
+    else:
+        ds = indices.map(lambda index: load_parsed(split.read(index)), num_parallel_calls=AUTOTUNE,
+                         deterministic=True)
+    return ds.ignore_errors(log_warning=True)  # a file damaged after indexing: skipped, said in the log
+
+
+def global_positions(step, *, global_batch_size: int, process_index: int, process_count: int):
+    """The positions in the endless global example stream that process ``process_index`` reads
+    at ``step``: its slice [B_local] of the global batch [step * B, (step + 1) * B)."""
+    local = global_batch_size // process_count
+    start = tf.cast(step, tf.int64) * global_batch_size + process_index * local
+    return tf.range(start, start + local, dtype=tf.int64)
+
+
+def global_order(position, *, size: int, seed: int):
+    """Position in the endless stream -> example index: a seeded permutation of the split per
+    epoch (``tf.random.experimental.index_shuffle``: random access, nothing materialised)."""
+    epoch, within = position // size, position % size
+    return tf.random.experimental.index_shuffle(within, tf.stack([tf.cast(seed, tf.int64), epoch]), size - 1)
+
+
+def global_train_dataset(split: IndexedSplit, *, global_batch_size: int, image_size: int, max_boxes: int = 100,
+                         seed: int = 0, start_step: int = 0, process_index: int = 0, process_count: int = 1,
+                         use_difficult: bool = True, augment_options: dict | None = None) -> tf.data.Dataset:
+    """This process's part of every global training batch, from ``start_step`` on.
+
+    The global stream is fixed by the seed alone: position n holds example ``global_order(n)``,
+    augmented with seed (seed, n), and the global batch of step s is positions [s * B, (s + 1) * B).
+    Process p reads, decodes and augments only its slice of each global batch, so the global
+    batches are the same whatever the number of processes and devices, and resuming at a step
+    costs nothing.
+    """
+    steps = tf.data.Dataset.range(start_step, 2**62)
+
+    def positions_of(step):
+        return global_positions(step, global_batch_size=global_batch_size, process_index=process_index,
+                                process_count=process_count)
+
+    def keep(example):
+        return drop_difficult(example) if not use_difficult else example
+
+    if split.fetch_many is not None:  # this step's records fetched at once, parsed one by one in the graph
+        def fetch(step):
+            positions = positions_of(step)
+            indices = tf.map_fn(lambda p: global_order(p, size=split.size, seed=seed), positions)
+            return positions, split.fetch_many(indices)
+
+        ds = steps.map(fetch, num_parallel_calls=AUTOTUNE, deterministic=True).unbatch()
+        ds = ds.map(lambda position, record: (position, keep(split.parse(record))), num_parallel_calls=AUTOTUNE,
+                    deterministic=True)
+    else:
+        positions = steps.flat_map(lambda step: tf.data.Dataset.from_tensor_slices(positions_of(step)))
+        ds = positions.map(lambda p: (p, keep(split.read(global_order(p, size=split.size, seed=seed)))),
+                           num_parallel_calls=AUTOTUNE, deterministic=True)
+    transform = _augmenter(image_size=image_size, max_boxes=max_boxes, seed=seed, augment_options=augment_options)
+    ds = ds.map(transform, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(global_batch_size // process_count, drop_remainder=True).prefetch(AUTOTUNE)
 
 
 def resize_for_eval(example, image_size: int):

@@ -341,8 +341,9 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
     """Synthetic detection data: 1-6 coloured circles, squares, triangles, stars and hexagons on
     textured backgrounds, exact boxes, in the feature layout of TFDS `voc`."""
 
-    VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': 'Initial release: 5 classes, 160-320 px images, exact boxes.'}
+    VERSION = tfds.core.Version('1.1.0')
+    RELEASE_NOTES = {'1.0.0': 'Initial release: 5 classes, 160-320 px images, exact boxes.',
+                     '1.1.0': 'The same examples in ArrayRecord files (random access for the global order).'}
     # TFDS finds a builder's code by importlib_resources, which this environment lacks (etils'
     # optional extra); the path is only needed for checksums and metadata files, so say it here.
     code_path = tfds.core.Path(__file__)

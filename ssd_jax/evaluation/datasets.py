@@ -5,6 +5,7 @@ Imports TensorFlow (the input pipeline); the metrics themselves (``ssd_jax.evalu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from ssd_jax.configs import SSDConfig
 from ssd_jax.data import pipeline
 from ssd_jax.evaluation import plots
 from ssd_jax.evaluation.evaluator import Evaluator
+from ssd_jax.evaluation.voc import ImageDetections, ImageGroundTruth
 
 REPORT_FILES = ("metrics.json", "class_ap.png", "precision_recall.png")
 
@@ -65,15 +67,49 @@ def evaluate_split(params, model_config: SSDConfig, source: pipeline.Source, *, 
                    iou_convention: str | None = None, progress: bool = False):
     """Detects on the whole evaluation split -> (metrics, evaluator, detections, ground truths).
 
-    Raises ``EvaluationError`` if the split is empty (saying where it came from).
+    ``params``: host (numpy) parameters. With several processes, each detects on its share of the
+    images (every process_count-th) and all records are gathered, ordered by image id, on every
+    process: the metrics are those of one process evaluating everything. Raises
+    ``EvaluationError`` if the split is empty (saying where it came from).
     """
+    import jax
+
     evaluator = evaluator_for(model_config, source, batch_size=batch_size, iou_convention=iou_convention)
-    batches = evaluation_batches(source, image_size=model_config.image_size, batch_size=batch_size)
-    detections, truths = evaluator.collect(params, batches, progress=progress)
+    examples = source.examples("eval", process_index=jax.process_index(), process_count=jax.process_count())
+    batches = pipeline.as_numpy(pipeline.eval_dataset(examples, batch_size=batch_size,
+                                                      image_size=model_config.image_size))
+    detections, truths = gather_records(*evaluator.collect(params, batches, progress=progress))
     if not truths:
         raise EvaluationError(f"the evaluation split of {source.name} is empty: {source.where} gave no images; "
                               f"prepare the data set again or check the data directory")
     return evaluator.metrics(detections, truths), evaluator, detections, truths
+
+
+def _record_to_dict(record) -> dict:
+    return {field.name: (value.tolist() if isinstance(value, np.ndarray) else value)
+            for field in dataclasses.fields(record) for value in [getattr(record, field.name)]}
+
+
+def gather_records(detections: list[ImageDetections], truths: list[ImageGroundTruth]):
+    """Every process's evaluation records, on every process, ordered by image id (so that the
+    metrics, whose ranking keeps the input order of equal scores, do not depend on the sharding)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        payload = np.frombuffer(json.dumps([[_record_to_dict(d) for d in detections],
+                                            [_record_to_dict(t) for t in truths]]).encode(), np.uint8)
+        sizes = np.asarray(multihost_utils.process_allgather(np.asarray([payload.size], np.int64))).reshape(-1)
+        padded = np.zeros(int(sizes.max()), np.uint8)
+        padded[:payload.size] = payload
+        gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+        detections, truths = [], []
+        for row, size in zip(gathered, sizes):
+            dets, gts = json.loads(row[:size].tobytes().decode())
+            detections += [ImageDetections(**d) for d in dets]
+            truths += [ImageGroundTruth(**t) for t in gts]
+    return (sorted(detections, key=lambda r: r.image_id), sorted(truths, key=lambda r: r.image_id))
 
 
 def write_report(out_dir: str, metrics: dict, evaluator: Evaluator, detections=None, truths=None, *,

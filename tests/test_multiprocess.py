@@ -1,0 +1,168 @@
+"""Training and evaluation on several processes (jax.distributed on localhost, gloo collectives,
+one CPU device each): the same results as one process on as many devices, resumption after a
+process is killed, a dead peer ends the job instead of hanging."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from ssd_jax import checkpoint
+from ssd_jax.data import pipeline
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TRAIN = os.path.join(HERE, os.pardir, "experiments", "train.py")
+LAUNCH = os.path.join(HERE, os.pardir, "experiments", "launch_local.py")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def env(devices):
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def start_processes(command, count=2, timeout=20):
+    """``count`` processes of ``command`` joined into one job; returns the Popen objects."""
+    port = free_port()
+    return [subprocess.Popen([*command, f"--coordinator_address=localhost:{port}", f"--num_processes={count}",
+                              f"--process_id={index}", f"--peer_timeout={timeout}"], env=env(1),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for index in range(count)]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("tfds"))
+    pipeline.open_source("shapes_tiny", data_dir=directory).prepare()  # generated once, before the processes
+    return directory
+
+
+def train_args(data_dir, workdir, **overrides):
+    fields = {"optimizer": "sgd", "learning_rate": 0.01, "warmup_steps": 0, "num_steps": 8, "batch_size": 4,
+              "checkpoint_every": 2, "eval_every": 8, "eval_batch_size": 4, "log_every": 1, "data_dir": data_dir}
+    fields.update(overrides)
+    return [sys.executable, TRAIN, "--dataset=shapes_tiny", f"--workdir={workdir}",
+            *(f"--config.{key}={value}" for key, value in fields.items())]
+
+
+def params_of(workdir):
+    return jax.tree.leaves(checkpoint.load_params(os.path.join(workdir, "params"))[0])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+    """The same training as 2 processes x 1 device (launch_local.py) and as 1 process x 2 devices."""
+    root = tmp_path_factory.mktemp("runs")
+    two = subprocess.run([sys.executable, LAUNCH, "--num_processes=2", "--", *train_args(data_dir, root / "two")[1:]],
+                         env=env(1), capture_output=True, text=True, timeout=900)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    one = subprocess.run(train_args(data_dir, root / "one"), env=env(2), capture_output=True, text=True, timeout=900)
+    assert one.returncode == 0, one.stderr[-3000:]
+    return root, two
+
+
+def test_two_processes_train_as_one_process_on_two_devices(runs):
+    root, two = runs
+    for a, b in zip(params_of(root / "two"), params_of(root / "one")):
+        scale = max(float(np.abs(b).max()), 1e-6)
+        assert float(np.abs(a - b).max()) <= 1e-4 * scale
+    # Only process 0 reports: one progress bar, one summary.
+    lines = two.stdout.splitlines()
+    assert any(line.startswith("[0] done:") for line in lines)
+    assert not any(line.startswith("[1]") and ("done:" in line or "training:" in line) for line in lines)
+    assert len(open(root / "two" / "metrics.jsonl").read().splitlines()) == len(
+        open(root / "one" / "metrics.jsonl").read().splitlines())
+
+
+EVALUATE = textwrap.dedent("""
+    import json, sys
+    import jax
+    if len(sys.argv) > 2:
+        jax.distributed.initialize(sys.argv[2].split("=")[1], int(sys.argv[3].split("=")[1]),
+                                   int(sys.argv[4].split("=")[1]))
+    import ssd_jax
+    from ssd_jax import configs
+    from ssd_jax.data import pipeline
+    from ssd_jax.evaluation import datasets
+    config = configs.ssd_tiny(num_classes=6)
+    params = jax.tree.map(lambda x: jax.device_get(x), ssd_jax.init(jax.random.key(0), config))
+    for i in range(config.num_sources):  # spread scores: many detections, metrics above 0
+        params[f"conf_{i}"]["kernel"] = params[f"conf_{i}"]["kernel"] * 30
+    source = pipeline.open_source("shapes_tiny", data_dir=sys.argv[1])
+    metrics, _, detections, _ = datasets.evaluate_split(params, config, source, batch_size=3)
+    if jax.process_index() == 0:
+        print("METRICS", json.dumps({"metrics": metrics, "images": [d.image_id for d in detections],
+                                     "detections": sum(len(d.scores) for d in detections)}))
+""")
+
+
+def test_evaluation_sharded_over_processes_gives_the_same_metrics(data_dir):
+    single = subprocess.run([sys.executable, "-c", EVALUATE, data_dir], env=env(1), capture_output=True, text=True,
+                            timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    processes = start_processes([sys.executable, "-c", EVALUATE, data_dir])
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs[0][-3000:] + outputs[1][-3000:]
+
+    def parse(text):
+        return json.loads(next(line for line in text.splitlines() if line.startswith("METRICS"))[8:])
+
+    sharded, whole = parse(outputs[0]), parse(single.stdout)
+    assert sharded["images"] == whole["images"] and whole["detections"] > 0
+    assert sharded["detections"] == whole["detections"]
+    assert whole["metrics"]["voc_mAP"] > 0
+    for key, value in whole["metrics"].items():
+        assert sharded["metrics"][key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_a_killed_process_ends_the_job_and_the_same_command_resumes(runs, data_dir, tmp_path):
+    root, _ = runs
+    workdir = tmp_path / "killed"
+    command = train_args(data_dir, workdir)
+    processes = start_processes(command)
+    history = workdir / "metrics.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and not (history.exists() and len(history.read_text().splitlines()) >= 4):
+        time.sleep(0.2)
+    processes[1].kill()
+    killed_at = time.time()
+    output, _ = processes[0].communicate(timeout=300)
+    waited = time.time() - killed_at
+    processes[1].communicate()
+    assert processes[0].returncode != 0, output[-3000:]
+    assert waited < 120, waited  # bounded by --peer_timeout (20 s here), never a hang
+    assert "another process has probably died" in output or "another task died" in output, output[-3000:]
+    assert not (workdir / "params").exists()
+    # The same command on every process resumes from the last checkpoint and ends where the
+    # uninterrupted run ended.
+    processes = start_processes(command)
+    outputs = [p.communicate(timeout=900)[0] for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs[0][-3000:]
+    assert "resuming from step" in outputs[0]
+    for a, b in zip(params_of(workdir), params_of(root / "two")):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_wrong_process_flags_are_reported(tmp_path):
+    out = subprocess.run([sys.executable, TRAIN, "--dataset=shapes_tiny", f"--workdir={tmp_path}",
+                          "--coordinator_address=localhost:1", "--num_processes=2", "--process_id=2"],
+                         env=env(1), capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "--process_id in 0..N-1" in out.stderr
+    port = free_port()  # nobody listens there
+    start = time.time()
+    out = subprocess.run([sys.executable, TRAIN, "--dataset=shapes_tiny", f"--workdir={tmp_path}",
+                          f"--coordinator_address=localhost:{port}", "--num_processes=2", "--process_id=1",
+                          "--peer_timeout=10"], env=env(1), capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and time.time() - start < 120
+    assert "could not join the job" in out.stderr or "coordination" in out.stderr.lower(), out.stderr[-2000:]
