@@ -299,3 +299,48 @@ def nms_stages(boxes, scores, *, score_threshold: float = DEFAULTS.score_thresho
         return _best_detections(scores_, classes_, order_, boxes_, **finish)
 
     return lax.switch(stage, [shallow_only, deep, exhaustive]), stage
+
+
+# ----------------------------------------------------------------------------- for exported models
+def portable_greedy_nms_mask(boxes, valid, *, iou_threshold: float):
+    """``greedy_nms_mask`` from bool matrices and one while loop: iterates ``keep = valid & ~any(kept
+    earlier overlapping box)`` to its fixed point (after t rounds the first t boxes are final).
+    Slower than the packed version, but made of ops that TFLite and ONNX runtimes all have."""
+    k = boxes.shape[-2]
+    earlier = jnp.arange(k)[:, None] < jnp.arange(k)[None, :]  # [K, K]: i before j
+    suppresses = (box_lib.pairwise_iou(boxes, boxes) > iou_threshold) & earlier
+
+    def step(state):
+        keep, _ = state
+        new_keep = valid & ~jnp.any(suppresses & keep[..., :, None], axis=-2)
+        return new_keep, jnp.any(new_keep != keep)
+
+    return lax.while_loop(lambda state: state[1], step, (valid, jnp.array(True)))[0]
+
+
+def portable_batched_nms(boxes, scores, *, score_threshold: float = DEFAULTS.score_threshold,
+                         iou_threshold: float = DEFAULTS.iou_threshold, pre_nms_top_k: int = DEFAULTS.pre_nms_top_k,
+                         max_detections: int = DEFAULTS.max_detections) -> Detections:
+    """``batched_nms`` for exported models (``ssd_jax.export``): the exhaustive procedure with
+    ``top_k`` and ``portable_greedy_nms_mask`` alone, no sort, switch or bit operations, which
+    TFLite and ONNX converters do not all take. The same detections but where scores are exactly
+    equal (the order of ties is then the runtime's)."""
+    batch, num_priors, _ = scores.shape
+    top_k = min(pre_nms_top_k, num_priors)
+    class_scores = jnp.swapaxes(scores[..., 1:], 1, 2).astype(jnp.float32)  # [B, C-1, P]
+    class_scores = jnp.where(class_scores > score_threshold, class_scores, -1.0)
+    top_scores, top_index = lax.top_k(class_scores, top_k)  # [B, C-1, k], best first
+    candidates = jnp.take_along_axis(boxes[:, None, :, :], top_index[..., None], axis=2)  # [B, C-1, k, 4]
+    keep = portable_greedy_nms_mask(candidates, top_scores > score_threshold, iou_threshold=iou_threshold)
+    kept = jnp.where(keep, top_scores, -1.0).reshape(batch, -1)  # [B, (C-1) k]
+    num_out = min(max_detections, kept.shape[1])
+    best_scores, best = lax.top_k(kept, num_out)
+    found = best_scores > score_threshold
+    out_boxes = jnp.take_along_axis(candidates.reshape(batch, -1, 4), best[..., None], axis=1)
+    pad = max_detections - num_out
+    detections = Detections(
+        boxes=jnp.pad(jnp.where(found[..., None], out_boxes, 0.0), ((0, 0), (0, pad), (0, 0))),
+        scores=jnp.pad(jnp.where(found, best_scores, 0.0), ((0, 0), (0, pad))),
+        classes=jnp.pad(jnp.where(found, (best // top_k + 1).astype(jnp.int32), 0), ((0, 0), (0, pad))),
+        num_detections=jnp.sum(found, axis=-1).astype(jnp.int32))
+    return detections

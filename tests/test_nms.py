@@ -308,3 +308,12 @@ def test_top_candidates_narrowed_to_groups_equal_one_top_k(k):
         np.testing.assert_array_equal(a, b)
     for b, c in [(0, 0), (1, 2), (1, 1)]:  # best first, then the lower index
         np.testing.assert_array_equal(one[1][b, c], np.lexsort((np.arange(1003), -scores[b, c]))[:k])
+
+
+@pytest.mark.parametrize("scenario", ["dense", "sparse", "objects"])
+def test_the_portable_version_for_exported_models_gives_the_same_detections(scenario):
+    boxes, scores = ssd_like_inputs(scenario, seed=11)
+    expected, _ = staged_nms(boxes, scores, shallow_depth=8, deep_rows=3)
+    portable = jax.jit(functools.partial(nms.portable_batched_nms, **STAGED))(boxes, scores)
+    for ours, theirs in zip(portable, expected):
+        np.testing.assert_array_equal(ours, theirs)

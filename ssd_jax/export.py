@@ -1,0 +1,288 @@
+"""Exported detectors: StableHLO, TF SavedModel, TFLite and ONNX, one function per format.
+
+Every artifact has ``ssd_jax.detect``'s signature: input ``images`` uint8 [N, H, W, 3] (RGB),
+outputs ``boxes`` [N, K, 4] normalised (xmin, ymin, xmax, ymax), ``scores`` [N, K], ``classes``
+[N, K] int32 and ``num_detections`` [N] int32, with the post-processing options given at export.
+The class names, the model config and the options travel with it (``metadata``).
+
+| format | batch N | image H, W | metadata |
+|---|---|---|---|
+| StableHLO (``jax.export``) | free | free (resized inside) | ``PATH.json`` beside it |
+| SavedModel (``jax2tf``) | free | free (resized inside, by TF) | ``assets/ssd_jax.json`` |
+| TFLite (from the SavedModel route) | fixed (``batch``) | fixed (``input_size``) | ``PATH.json`` beside it |
+| ONNX (``jax2onnx``) | fixed (``batch``) | fixed (``input_size``) | ``metadata_props`` |
+
+Why: TFLite needs static shapes for this program, and jax2onnx exports it at a fixed batch.
+The SavedModel serves any batch by running its fixed-batch program once per image
+(``tf.map_fn``). TF 2.21 reads StableHLO up to 1.13.7 while jax 0.10 writes the 4-week window
+(1.15.0): the SavedModel and TFLite programs are written for the 12-week window, which TF
+reads. TFLite and ONNX run the post-processing as ``nms.portable_batched_nms`` (top_k and a
+while loop, the ops they all have) and max pooling as slices and maxima (ONNX Runtime's MaxPool
+refuses jax2onnx's 4-d window): the same detections, but for the order of exactly equal scores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssd_jax import boxes as box_lib
+from ssd_jax import configs
+from ssd_jax.configs import SSDConfig
+from ssd_jax.detect import _detect, resize_images
+from ssd_jax.models import SSD
+from ssd_jax.nms import DEFAULTS, PostprocessOptions, portable_batched_nms
+from ssd_jax.priors import priors
+
+FORMATS = ("stablehlo", "savedmodel", "tflite", "onnx")
+OUTPUTS = ("boxes", "scores", "classes", "num_detections")
+METADATA_FILE = "ssd_jax.json"
+
+
+class ExportError(ValueError):
+    """The export cannot be made as asked; the message says why and what to do."""
+
+
+def metadata(config: SSDConfig, options: PostprocessOptions, class_names=None, **extra) -> dict:
+    """What travels with an artifact: the model config, class names, post-processing options."""
+    return {"format_version": 1, "config": configs.to_dict(config),
+            "class_names": list(class_names) if class_names else None, "postprocess": options._asdict(),
+            "inputs": {"images": "uint8 [N, H, W, 3] RGB"}, "outputs": list(OUTPUTS), **extra}
+
+
+def _as_dict(detections) -> dict:
+    return dict(zip(OUTPUTS, detections))
+
+
+def detect_function(params, config: SSDConfig, options: PostprocessOptions = DEFAULTS) -> Callable:
+    """uint8 images [N, H, W, 3] -> {outputs}: ``ssd_jax.detect`` with the parameters bound."""
+    params = jax.tree.map(jnp.asarray, params)
+
+    def run(images):
+        return _as_dict(_detect(params, images, config=config, dtype=jnp.dtype(jnp.float32), network_batch=None,
+                                **options._asdict()))
+
+    return run
+
+
+def portable_detect_function(params, config: SSDConfig, options: PostprocessOptions = DEFAULTS) -> Callable:
+    """float32 pixels [N, S, S, 3] (the model's input size) -> {outputs}, in ops every runtime has."""
+    params = jax.tree.map(jnp.asarray, params)
+    model = SSD(config, gradients="fast_pool")  # its pooling's forward: slices and maxima
+    prior_boxes = jnp.asarray(priors(config))
+
+    def run(pixels):
+        locations, logits = model.apply({"params": params}, pixels)
+        scores = jax.nn.softmax(logits, axis=-1)
+        boxes = box_lib.decode(locations, prior_boxes, config.variances, config.decode_clamp)
+        boxes = jnp.clip(boxes, 0.0, 1.0) if config.clip_boxes else boxes
+        return _as_dict(portable_batched_nms(boxes, scores, **options._asdict()))
+
+    return run
+
+
+def _check_output(path: str) -> None:
+    """Refuses to write where it cannot, before the (long) export."""
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    try:
+        os.makedirs(parent, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".export_probe_"):
+            pass
+    except OSError as error:
+        raise ExportError(f"cannot write the export to {path} ({error}); choose another --out") from error
+
+
+def _write_json(path: str, payload: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- StableHLO
+def to_stablehlo(params, config: SSDConfig, path: str, *, options: PostprocessOptions = DEFAULTS,
+                 class_names=None) -> str:
+    """A serialized ``jax.export.Exported`` of detect, batch and image size symbolic, parameters
+    inside -> ``path``; ``jax.export.deserialize(data).call(images)`` returns the outputs dict.
+    The metadata goes to ``path + '.json'``."""
+    _check_output(path)
+    n, h, w = jax.export.symbolic_shape("n, h, w")
+    exported = jax.export.export(jax.jit(detect_function(params, config, options)))(
+        jax.ShapeDtypeStruct((n, h, w, 3), jnp.uint8))
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(exported.serialize())
+    os.replace(tmp, path)
+    _write_json(f"{path}.json", metadata(config, options, class_names, format="stablehlo",
+                                         batch="free", image_size="free"))
+    return path
+
+
+# ----------------------------------------------------------------------------- TensorFlow
+@contextlib.contextmanager
+def _stablehlo_for_tensorflow():
+    """Serializes StableHLO for the 12-week compatibility window while active: what TF 2.21's
+    XlaCallModule reads (jax writes the 4-week window by default)."""
+    from jax._src.lib.mlir.dialects import hlo
+
+    original = hlo.get_version_from_compatibility_requirement
+    hlo.get_version_from_compatibility_requirement = (
+        lambda requirement: original(hlo.StablehloCompatibilityRequirement.WEEK_12))
+    try:
+        yield
+    finally:
+        hlo.get_version_from_compatibility_requirement = original
+
+
+def _tf_core(params, config: SSDConfig, options: PostprocessOptions):
+    """The portable program float32 [N, S, S, 3] -> outputs, as a TF function (jax2tf), for the
+    static batch of its TF caller."""
+    from jax.experimental import jax2tf
+
+    return jax2tf.convert(portable_detect_function(params, config, options), polymorphic_shapes=None,
+                          native_serialization_platforms=("cpu",))
+
+
+def _tf_resize(images, size: int):
+    """uint8 [N, H, W, 3] -> float32 [N, S, S, 3]: bilinear, half-pixel centres, no antialias, as
+    ``detect``'s resize."""
+    import tensorflow as tf
+
+    pixels = tf.cast(images, tf.float32)
+    return tf.image.resize(pixels, [size, size], method="bilinear", antialias=False)
+
+
+def to_savedmodel(params, config: SSDConfig, path: str, *, options: PostprocessOptions = DEFAULTS,
+                  class_names=None) -> str:
+    """A TF SavedModel directory with signature ``serving_default``: ``images`` uint8 [N, H, W, 3],
+    any N, H and W -> the outputs; metadata in ``assets/ssd_jax.json``."""
+    import tensorflow as tf
+
+    _check_output(path)
+    size = config.image_size
+    with _stablehlo_for_tensorflow():
+        core = _tf_core(params, config, options)
+        signature = {"boxes": tf.float32, "scores": tf.float32, "classes": tf.int32, "num_detections": tf.int32}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+        def serve(images):
+            def one(image):  # the program has a fixed batch of one: once per image
+                return {key: value[0] for key, value in core(_tf_resize(image[None], size)).items()}
+
+            return tf.map_fn(one, images, fn_output_signature=signature)
+
+        module = tf.Module()
+        module.serve = serve
+        with tempfile.TemporaryDirectory() as directory:
+            meta = os.path.join(directory, METADATA_FILE)
+            _write_json(meta, metadata(config, options, class_names, format="savedmodel", batch="free",
+                                       image_size="free"))
+            module.metadata = tf.saved_model.Asset(meta)
+            staging = f"{path}.partial"
+            shutil.rmtree(staging, ignore_errors=True)
+            tf.saved_model.save(module, staging, signatures={"serving_default": serve})
+    _replace_directory(staging, path)
+    return path
+
+
+def _replace_directory(staging: str, path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+    os.replace(staging, path)
+
+
+def to_tflite(params, config: SSDConfig, path: str, *, options: PostprocessOptions = DEFAULTS, class_names=None,
+              batch: int = 1, input_size: int | None = None) -> str:
+    """A TFLite model: ``images`` uint8 [batch, input_size, input_size, 3] (resized inside to the
+    model's size) -> the outputs, under signature 'serving_default'; metadata in ``path + '.json'``."""
+    import tensorflow as tf
+
+    _check_output(path)
+    input_size = input_size or config.image_size
+    with _stablehlo_for_tensorflow():
+        core = _tf_core(params, config, options)
+
+        @tf.function(input_signature=[tf.TensorSpec([batch, input_size, input_size, 3], tf.uint8, name="images")])
+        def serve(images):
+            pixels = tf.cast(images, tf.float32)
+            if input_size != config.image_size:
+                pixels = _tf_resize(images, config.image_size)
+            return core(pixels)
+
+        module = tf.Module()
+        module.serve = serve
+        with tempfile.TemporaryDirectory() as directory:
+            tf.saved_model.save(module, directory, signatures={"serving_default": serve})
+            converter = tf.lite.TFLiteConverter.from_saved_model(directory)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            model = converter.convert()
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(model)
+    os.replace(tmp, path)
+    _write_json(f"{path}.json", metadata(config, options, class_names, format="tflite", batch=batch,
+                                         image_size=input_size))
+    return path
+
+
+# ----------------------------------------------------------------------------- ONNX
+def to_onnx(params, config: SSDConfig, path: str, *, options: PostprocessOptions = DEFAULTS, class_names=None,
+            batch: int = 1, input_size: int | None = None) -> str:
+    """An ONNX model (jax2onnx): input ``images`` uint8 [batch, input_size, input_size, 3], outputs
+    named boxes, scores, classes, num_detections; metadata in ``metadata_props``."""
+    import logging
+
+    logging.getLogger("jax2onnx").setLevel(logging.ERROR)  # its optional example plugins say what they lack
+    try:
+        import onnx
+        from jax2onnx import to_onnx as jax_to_onnx
+    except ImportError as error:
+        raise ExportError(f"ONNX export needs onnx, onnx-ir and jax2onnx ({error}): pip install -e '.[export]' "
+                          f"&& pip install --no-deps 'jax2onnx==0.17.1'") from error
+    _check_output(path)
+    input_size = input_size or config.image_size
+    core = portable_detect_function(params, config, options)
+
+    def run(images):
+        pixels = images.astype(jnp.float32)
+        if input_size != config.image_size:
+            pixels = resize_images(pixels, config.image_size)
+        outputs = core(pixels)
+        return tuple(outputs[name] for name in OUTPUTS)
+
+    model = jax_to_onnx(run, [jax.ShapeDtypeStruct((batch, input_size, input_size, 3), jnp.uint8)],
+                        model_name=config.name, input_names=["images"], output_names=list(OUTPUTS))
+    info = metadata(config, options, class_names, format="onnx", batch=batch, image_size=input_size)
+    for key, value in (("ssd_jax", json.dumps(info)), ("class_names", json.dumps(info["class_names"]))):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    tmp = f"{path}.tmp"
+    onnx.save(model, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+EXPORTERS = {"stablehlo": to_stablehlo, "savedmodel": to_savedmodel, "tflite": to_tflite, "onnx": to_onnx}
+
+
+def export(params, config: SSDConfig, path: str, *, format: str, options: PostprocessOptions = DEFAULTS,
+           class_names=None, batch: int = 1, input_size: int | None = None) -> str:
+    """Writes ``format`` (one of ``FORMATS``) of the detector to ``path``; returns it."""
+    if format not in EXPORTERS:
+        raise ExportError(f"unknown format {format!r}; choose one of {list(FORMATS)}")
+    if batch < 1 or (input_size is not None and input_size < 1):
+        raise ExportError(f"batch and input_size must be >= 1, got {batch}, {input_size}")
+    kwargs = {"options": options, "class_names": class_names}
+    if format in ("tflite", "onnx"):
+        kwargs.update(batch=batch, input_size=input_size)
+    return EXPORTERS[format](jax.tree.map(np.asarray, params), config, path, **kwargs)

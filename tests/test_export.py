@@ -1,0 +1,149 @@
+"""Exported detectors reloaded where neither JAX nor ssd_jax can be imported give detect's
+detections: StableHLO, TF SavedModel (any batch and size), TFLite and ONNX (fixed batch)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+import ssd_jax
+from ssd_jax import checkpoint, configs, export
+
+EXPERIMENTS = os.path.join(os.path.dirname(__file__), os.pardir, "experiments")
+CONFIG = configs.ssd_tiny(num_classes=4)
+NAMES = ("cat", "dog", "bird")
+# Where the runtimes start: refuse JAX (TensorFlow would otherwise import it) and ssd_jax.
+NO_JAX = "import sys\nsys.modules['jax'] = None\nsys.modules['ssd_jax'] = None\n"
+
+
+@pytest.fixture(scope="module")
+def params():
+    params = ssd_jax.init(jax.random.key(0), CONFIG)
+    for i in range(CONFIG.num_sources):  # spread scores: many detections to compare
+        params[f"conf_{i}"]["kernel"] = params[f"conf_{i}"]["kernel"] * 20
+    return jax.tree.map(np.asarray, params)
+
+
+def images(count, height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
+
+
+def run_fresh(program, *args):
+    out = subprocess.run([sys.executable, "-c", program, *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def assert_same_detections(outputs, expected, *, boxes_atol=1e-3, scores_atol=1e-4):
+    np.testing.assert_array_equal(outputs["num_detections"], expected.num_detections)
+    np.testing.assert_array_equal(outputs["classes"], expected.classes)
+    np.testing.assert_allclose(outputs["boxes"], expected.boxes, atol=boxes_atol)
+    np.testing.assert_allclose(outputs["scores"], expected.scores, atol=scores_atol)
+    assert int(np.sum(expected.num_detections)) > 0
+
+
+def save_images(path, batch):
+    np.save(path, batch)
+    return str(path)
+
+
+RUN_SAVEDMODEL = NO_JAX + textwrap.dedent("""
+    import numpy as np, tensorflow as tf
+    model = tf.saved_model.load(sys.argv[1])
+    outputs = model.signatures["serving_default"](images=tf.constant(np.load(sys.argv[2])))
+    np.savez(sys.argv[3], **{k: v.numpy() for k, v in outputs.items()})
+    print(open(model.metadata.asset_path.numpy().decode()).read())
+""")
+
+RUN_TFLITE = NO_JAX + textwrap.dedent("""
+    import numpy as np, tensorflow as tf
+    runner = tf.lite.Interpreter(model_path=sys.argv[1]).get_signature_runner("serving_default")
+    batch = np.load(sys.argv[2])
+    results = [runner(images=image[None]) for image in batch]  # the model's batch is fixed at 1
+    np.savez(sys.argv[3], **{k: np.concatenate([r[k] for r in results]) for k in results[0]})
+""")
+
+RUN_ONNX = NO_JAX + textwrap.dedent("""
+    import json, numpy as np, onnx, onnxruntime as ort
+    session = ort.InferenceSession(sys.argv[1])
+    batch = np.load(sys.argv[2])
+    names = [o.name for o in session.get_outputs()]
+    results = [dict(zip(names, session.run(None, {"images": image[None]}))) for image in batch]
+    np.savez(sys.argv[3], **{k: np.concatenate([r[k] for r in results]) for k in names})
+    print(json.dumps({p.key: p.value for p in onnx.load(sys.argv[1]).metadata_props}))
+""")
+
+RUN_STABLEHLO = textwrap.dedent("""
+    import sys
+    sys.modules['ssd_jax'] = None  # the program needs JAX, not this project's code
+    import numpy as np, jax
+    exported = jax.export.deserialize(bytearray(open(sys.argv[1], "rb").read()))
+    outputs = exported.call(np.load(sys.argv[2]))
+    np.savez(sys.argv[3], **{k: np.asarray(v) for k, v in outputs.items()})
+""")
+
+
+def test_savedmodel_serves_any_batch_and_size_from_one_artifact(params, tmp_path):
+    path = export.export(params, CONFIG, str(tmp_path / "savedmodel"), format="savedmodel", class_names=NAMES)
+    for count, height, width in ((1, 128, 128), (7, 90, 150)):
+        batch = images(count, height, width, seed=count)
+        stdout = run_fresh(RUN_SAVEDMODEL, path, save_images(tmp_path / "in.npy", batch), str(tmp_path / "out.npz"))
+        meta = json.loads(stdout)
+        assert meta["class_names"] == list(NAMES) and meta["config"]["name"] == "ssd_tiny"
+        outputs = np.load(tmp_path / "out.npz")
+        expected = ssd_jax.detect(params, batch, config=CONFIG)
+        # TF resizes and computes in another order than XLA: float noise; the same detections.
+        assert_same_detections(outputs, expected)
+
+
+@pytest.mark.parametrize("fmt, program", [("tflite", RUN_TFLITE), ("onnx", RUN_ONNX)])
+def test_fixed_batch_formats_give_the_same_detections(params, tmp_path, fmt, program):
+    if fmt == "onnx":  # the optional extra: pip install -e '.[export]' && pip install --no-deps jax2onnx
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("jax2onnx")
+    path = export.export(params, CONFIG, str(tmp_path / f"model.{fmt}"), format=fmt, class_names=NAMES)
+    for count in (1, 3):
+        batch = images(count, CONFIG.image_size, CONFIG.image_size, seed=10 + count)
+        stdout = run_fresh(program, path, save_images(tmp_path / "in.npy", batch), str(tmp_path / "out.npz"))
+        assert_same_detections(np.load(tmp_path / "out.npz"), ssd_jax.detect(params, batch, config=CONFIG))
+    if fmt == "onnx":
+        meta = json.loads(json.loads(stdout.splitlines()[-1])["ssd_jax"])
+    else:
+        meta = json.loads(open(f"{path}.json").read())
+    assert meta["class_names"] == list(NAMES) and meta["batch"] == 1 and meta["image_size"] == CONFIG.image_size
+
+
+def test_stablehlo_from_the_command_line_serves_any_batch(params, tmp_path):
+    ckpt = checkpoint.save_params(tmp_path / "ckpt", params, CONFIG, metadata={"class_names": list(NAMES)})
+    out = subprocess.run([sys.executable, os.path.join(EXPERIMENTS, "export.py"), f"--checkpoint={ckpt}",
+                          "--format=stablehlo", f"--out={tmp_path / 'model.stablehlo'}"], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "model.stablehlo.json").read_text())["class_names"] == list(NAMES)
+    for count, height, width in ((1, 100, 100), (7, 128, 96)):
+        batch = images(count, height, width, seed=20 + count)
+        run_fresh(RUN_STABLEHLO, str(tmp_path / "model.stablehlo"), save_images(tmp_path / "in.npy", batch),
+                  str(tmp_path / "out.npz"))
+        assert_same_detections(np.load(tmp_path / "out.npz"), ssd_jax.detect(params, batch, config=CONFIG),
+                               boxes_atol=1e-5, scores_atol=1e-6)
+
+
+def test_bad_exports_are_refused_clearly(params, tmp_path):
+    script = os.path.join(EXPERIMENTS, "export.py")
+    out = subprocess.run([sys.executable, script, f"--checkpoint={tmp_path / 'none'}", "--format=onnx",
+                          f"--out={tmp_path / 'x.onnx'}"], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "not a complete ssd_jax parameter checkpoint" in out.stderr
+    out = subprocess.run([sys.executable, script, f"--checkpoint={tmp_path}", "--format=keras",
+                          f"--out={tmp_path / 'x'}"], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "--format" in out.stderr
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(export.ExportError, match="cannot write the export"):
+        export.export(params, CONFIG, str(blocker / "model.stablehlo"), format="stablehlo")
+    with pytest.raises(export.ExportError, match="unknown format"):
+        export.export(params, CONFIG, str(tmp_path / "m"), format="keras")
