@@ -84,10 +84,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     peaks = {name: benchlib.measured_peak(benchlib.dtype_of(name)) for name in DTYPES.value}
     def differs(batch: int, dtype: str, network_batch: str) -> bool:  # from auto, when both are asked for
-        if network_batch == "auto" or "auto" not in NETWORK_BATCH.value:
-            return network_batch == "auto" or int(network_batch) < batch
-        auto = default_network_batch(batch, benchlib.dtype_of(dtype)) or batch
-        return int(network_batch) < batch and int(network_batch) != auto or (int(network_batch) == 0 and auto < batch)
+        if network_batch == "auto":
+            return True
+        slices = min(int(network_batch) or batch, batch)  # 0 and slices >= the batch: the whole batch
+        if "auto" not in NETWORK_BATCH.value:
+            return True
+        return slices != (default_network_batch(batch, benchlib.dtype_of(dtype)) or batch)
 
     rows = [measure(model, int(batch), dtype, peaks[dtype], network_batch) for model in MODELS.value
             for batch in BATCHES.value for dtype in DTYPES.value for network_batch in NETWORK_BATCH.value

@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# The GPU figures of benchmarks/RESULTS.md, in one go (about 8 minutes on an H200):
+# The GPU figures of benchmarks/RESULTS.md, in one go (about 8.5 minutes on an H200):
 #   bash benchmarks/gpu_suite.sh [parts] [out_dir]
 #
-#   parts: comma-separated, default "detect,train,nms,tests,diagnose":
+#   parts: comma-separated, default "detect,post,train,nms,tests,diagnose":
 #     detect    detect images/s and the decode+NMS share: SSD300 with 21 and 91 classes, batch 32 to
 #               128, bfloat16; float32 at batch 32 to 128 (detect's default slices of 32), and at
-#               batch 64 without slices (the float32 slowdown)
-#     train     the SSD300 train step, bfloat16, batch 32: all layers trained or the paper's frozen
-#               conv1-conv2, XLA's pooling gradient or fast_grads' (with a profile by XLA op)
+#               batch 64 and 128 without slices (the float32 slowdown)
+#     post      the post-processing's variants (shallow depth, top-k narrowing) and its XLA ops
+#     train     the SSD300 train step, bfloat16, batch 32, with the default gradient rules on a
+#               GPU (fast_pool): all layers trained or the paper's frozen conv1-conv2, with a
+#               profile by XLA op (add xla to --gradients for XLA's own pooling gradient)
 #     nms       batched_nms against torchvision's on the same GPU, 21 and 91 classes
-#     tests     the NMS tests (kept sets against the exhaustive procedure and torchvision)
-#     diagnose  the float32 network at batch 64 under two XLA flags
+#     tests     the NMS tests (kept sets against the exhaustive procedure and torchvision); they
+#               run beside "diagnose", whose 14x effect the shared GPU does not hide
+#     diagnose  the float32 network at batch 64 without XLA's cuDNN conv+bias+ReLU fusion, and
+#               with XLA's autotuning off
 #     layers    each convolution alone at batch 32 and 64, with its cuDNN algorithm (not in the default)
 # Each part's table goes to stdout and its JSON and log to out_dir (default benchmarks/results).
-# Needs a CUDA build of jax (and of torch for "nms" and "tests") in the current Python environment.
+# Needs a CUDA build of jax (and of torch for "nms" and "tests") and the project's dependencies
+# (pip install -e '.[dev,torch]') in the current Python environment.
 set -u -o pipefail
-parts=${1:-detect,train,nms,tests,diagnose}
+parts=${1:-detect,post,train,nms,tests,diagnose}
 out=${2:-benchmarks/results}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -40,32 +45,42 @@ if has detect; then
     --network_batch=auto,0 --repeats=3 --out="$out/bench_detect_f32.json"
 fi
 
+if has post; then
+  step post python3 benchmarks/bench_postprocess.py --cases=ssd300:64,ssd300_torchvision:32 \
+    --depths=32,64 --narrow=auto,off --profile --out="$out/bench_postprocess.json"
+fi
+
 if has train; then
   step train python3 benchmarks/bench_train.py --models=ssd300 --batches=32 --dtypes=bfloat16 --steps=10 \
-    --frozen_blocks=0,2 --gradients=xla,fast_pool --profile --out="$out/bench_train.json"
+    --frozen_blocks=0,2 --gradients=fast_pool --profile --out="$out/bench_train.json"
 fi
 
 if has nms || has tests; then
   export XLA_PYTHON_CLIENT_PREALLOCATE=false  # torch and JAX share the GPU
 fi
 if has nms; then
-  step nms python3 benchmarks/bench_nms.py --batch=32 --classes=21,91 --repeats=5 --out="$out/bench_nms.json"
+  step nms python3 benchmarks/bench_nms.py --batch=32 --classes=21,91 --scenarios=dense,objects --repeats=3 --out="$out/bench_nms.json"
 fi
 if has tests; then
   # float32 at full precision: TF32 rounding would move boxes across the IoU threshold.
   step tests env JAX_DEFAULT_MATMUL_PRECISION=highest python3 -m pytest -q -p no:cacheprovider \
     tests/test_nms.py tests/test_torchvision_parity.py \
-    -k "stage or narrowed or blocks or keeps_what_torchvision"
+    -k "stage or narrowed or blocks or keeps_what_torchvision" &
+  tests_job=$!
 fi
 
 if has layers; then
   step layers python3 benchmarks/diagnose_float32.py --parts=layers --batches=32,64 --out="$out/diagnose_layers.json"
 fi
 if has diagnose; then
-  for flag in --xla_gpu_autotune_level=0 --xla_gpu_redzone_scratch_max_megabytes=32768; do
+  for flag in --xla_disable_hlo_passes=cudnn-fused-convolution-rewriter --xla_gpu_autotune_level=0; do
     (( SECONDS - suite_start < 420 )) || break  # the suite stays within 8 minutes
-    step "diagnose_${flag#--}" env XLA_FLAGS=$flag python3 benchmarks/diagnose_float32.py --parts=network \
-      --batches=64 --repeats=5 --out="$out/diagnose_${flag#--}.json"
+    name=diagnose_${flag#--xla_}; name=${name%%=*}
+    step "$name" env XLA_FLAGS=$flag python3 benchmarks/diagnose_float32.py --parts=network \
+      --batches=64 --repeats=3 --out="$out/$name.json"
   done
+fi
+if [[ -n ${tests_job:-} ]]; then
+  wait "$tests_job"
 fi
 echo "=== suite: $((SECONDS - suite_start)) s"

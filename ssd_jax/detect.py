@@ -44,10 +44,10 @@ def postprocess(locations, logits, config: SSDConfig, *, with_stage: bool = Fals
     return batched_nms(boxes, scores, **nms_options)
 
 
-# On an H200 (also seen on an H100), SSD300's float32 network ran at 2,700 images/s at batch 32
-# but 213 at batches 64 and 128; in slices of 32 inside the same program, 2,890 and 2,930.
-# Each convolution alone is as fast per image at batch 64 as at 32, with the same cuDNN
-# algorithm: the slowdown belongs to the whole program (benchmarks/RESULTS.md).
+# On an H200 (also seen on an H100), SSD300's float32 network ran at 3,190 images/s at batch 32
+# but 216 at batches 64 and 128; in slices of 32 inside the same program, 3,440 and 3,590.
+# The cause is cuDNN's fused convolution + bias + ReLU call that XLA rewrites the layers into:
+# without that rewrite, batch 64 takes 15 ms instead of 294 (benchmarks/RESULTS.md).
 FLOAT32_GPU_NETWORK_BATCH = 32
 
 
