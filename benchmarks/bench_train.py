@@ -26,6 +26,8 @@ STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per setting (after one com
 FROZEN = flags.DEFINE_list("frozen_blocks", ["0"], "Leading VGG blocks frozen (0: all trainable; 2: the paper's "
                            "recipe with an ImageNet backbone).")
 GRADIENTS = flags.DEFINE_list("gradients", ["auto"], "Gradient rules of the model (auto, xla, fast, fast_pool).")
+BATCH_NORM = flags.DEFINE_bool("batch_norm", False, "Train with BatchNorms (batch statistics), as the "
+                                "MobileNet and ResNet presets are trained.")
 PROFILE = flags.DEFINE_bool("profile", False, "Also print the device time of the 25 costliest XLA ops of each setting.")
 OUT = flags.DEFINE_string("out", "benchmarks/results/bench_train.json", "JSON to write.")
 
@@ -49,9 +51,12 @@ def measure(model: str, batch_size: int, dtype: str, frozen: int, gradients: str
     optimizer, schedule = train.make_optimizer(config), train.learning_rate_schedule(config)
     step = train.jit_train_step(model_config, optimizer, schedule, mesh, jax.numpy.dtype(dtype), frozen=frozen,
                                 gradients=gradients)
-    from ssd_jax.models import init
+    from ssd_jax.models import init, init_batch_norm
 
-    state = train.replicate(train.create_train_state(init(jax.random.key(0), model_config), optimizer), mesh)
+    params, batch_stats = init(jax.random.key(0), model_config), None
+    if BATCH_NORM.value:
+        params, batch_stats = init_batch_norm(params, model_config)
+    state = train.replicate(train.create_train_state(params, optimizer, batch_stats), mesh)
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     batch = train.global_batch(synthetic_batch(batch_size, model_config.image_size, model_config.num_classes),
                                sharding)
@@ -66,7 +71,8 @@ def measure(model: str, batch_size: int, dtype: str, frozen: int, gradients: str
         state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / STEPS.value
-    row = {"model": model, "batch": batch_size, "dtype": dtype, "frozen_blocks": frozen, "gradients": gradients,
+    row = {"model": model, "batch": batch_size, "dtype": dtype, "batch_norm": BATCH_NORM.value,
+           "frozen_blocks": frozen, "gradients": gradients,
            "devices": jax.device_count(), "step_ms": round(seconds * 1000, 1),
            "images_per_s": round(batch_size / seconds, 2), "first_step_s": round(first_step_seconds, 1)}
     if PROFILE.value:
@@ -92,7 +98,8 @@ def main(argv):
             for gradients in GRADIENTS.value]
     print(f"\ntrain step, {benchlib.machine()}, jax {jax.__version__}\n")
     print(benchlib.markdown_table(rows, [("model", "model"), ("batch", "batch"), ("dtype", "dtype"),
-                                         ("frozen_blocks", "frozen blocks"), ("gradients", "gradients"),
+                                         ("batch_norm", "BatchNorm"), ("frozen_blocks", "frozen blocks"),
+                                         ("gradients", "gradients"),
                                          ("step_ms", "step ms"), ("images_per_s", "images/s"),
                                          ("first_step_s", "first step s")]))
     benchlib.write_json(OUT.value, {"benchmark": "train_step", "rows": rows})

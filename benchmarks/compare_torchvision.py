@@ -1,17 +1,21 @@
-"""ssd_jax against torchvision's ssd300_vgg16, side by side: the same weights, images and batch.
+"""ssd_jax against torchvision's SSDs, side by side: the same weights, images and batch.
 
   python benchmarks/compare_torchvision.py                 # needs torch + torchvision (pip install -e '.[torch]')
   python benchmarks/compare_torchvision.py --batch=8 --train_batch=4 --repeats=5
+  python benchmarks/compare_torchvision.py --model=ssdlite320_mobilenet_v3_large
 
-torchvision's model is randomly initialised and converted with ``ssd_jax.weights.from_torchvision``
-into ``ssd300_torchvision`` (91 classes), so both compute the same function. Inference: uint8
-images [B, 300, 300, 3] -> ``ssd_jax.detect`` against ``model(images)`` in eval mode (both
+torchvision's model (``--model``: ssd300_vgg16 or ssdlite320_mobilenet_v3_large) is randomly
+initialised and converted with ``ssd_jax.weights.from_torchvision`` into ``ssd300_torchvision``
+or ``ssdlite320_mobilenet_v3_large`` (91 classes), so both compute the same function. Inference:
+uint8 images [B, S, S, 3] -> ``ssd_jax.detect`` (with torchvision's post-processing options)
+against ``model(images)`` in eval mode (both
 normalise, run the network, decode and NMS); the network alone (backbone and heads) is timed
 too, since random weights give NMS its worst case. float32 keeps each framework's default (on a
 GPU both round convolution inputs to TF32) unless --strict_float32; bfloat16 is ``dtype=`` on
 our side and ``torch.autocast`` on torchvision's.
 Training: one SGD step (momentum 0.9, weight decay 5e-4) on the same images and boxes,
-matching and hard negative mining included on both sides.
+matching and hard negative mining included on both sides; SSDLite's BatchNorms in training
+mode on both sides.
 Calls alternate (ours, theirs, ours, ...) after a warm-up, and the median of each side is
 reported; the ratio is ssd_jax's images/s over torchvision's (above 1: ssd_jax is faster).
 Prints a markdown table and writes JSON.
@@ -35,8 +39,10 @@ from absl import app, flags, logging
 
 import ssd_jax
 from ssd_jax import train, weights
-from ssd_jax.models import SSD
+from ssd_jax.models import SSD, init_batch_norm
 
+MODEL = flags.DEFINE_enum("model", "ssd300_vgg16", ["ssd300_vgg16", "ssdlite320_mobilenet_v3_large"],
+                          "torchvision's detection model to compare with.")
 BATCH = flags.DEFINE_integer("batch", 8, "Images per inference call.")
 TRAIN_BATCH = flags.DEFINE_integer("train_batch", 8, "Images per training step (0: skip training).")
 DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
@@ -49,12 +55,18 @@ REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls of each side (median r
 OUT = flags.DEFINE_string("out", "benchmarks/results/compare_torchvision.json", "JSON to write.")
 
 
-def sample_batch(batch: int, max_boxes: int = 8, seed: int = 0) -> dict:
-    """Smooth colour patterns with noise (uint8 [B, 300, 300, 3]) and 1..max_boxes boxes per image."""
+# torchvision's post-processing options of each model (its defaults), passed to detect.
+DETECT_OPTIONS = {"ssd300_vgg16": {},
+                  "ssdlite320_mobilenet_v3_large": {"score_threshold": 0.001, "iou_threshold": 0.55,
+                                                    "pre_nms_top_k": 300, "max_detections": 300}}
+
+
+def sample_batch(batch: int, size: int = 300, max_boxes: int = 8, seed: int = 0) -> dict:
+    """Smooth colour patterns with noise (uint8 [B, size, size, 3]) and 1..max_boxes boxes per image."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:300, 0:300] / 300.0
+    yy, xx = np.mgrid[0:size, 0:size] / float(size)
     images = np.stack([np.stack([np.sin(xx * 7 + i) * 120 + 128, np.cos(yy * 5 + i) * 100 + 128, xx * yy * 255], -1)
-                       + rng.normal(0, 10, (300, 300, 3)) for i in range(batch)])
+                       + rng.normal(0, 10, (size, size, 3)) for i in range(batch)])
     lo = rng.uniform(0, 0.6, (batch, max_boxes, 2))
     boxes = np.concatenate([lo, lo + rng.uniform(0.1, 0.4, (batch, max_boxes, 2))], -1).clip(0, 1)
     mask = np.arange(max_boxes)[None] < rng.integers(1, max_boxes + 1, (batch, 1))
@@ -136,7 +148,8 @@ def compare_inference(model, params, config, batch: dict, device: str) -> dict:
         return detections
 
     def ours():
-        return jax.block_until_ready(ssd_jax.detect(params, images, config=config, dtype=DTYPE.value))
+        return jax.block_until_ready(ssd_jax.detect(params, images, config=config, dtype=DTYPE.value,
+                                                    **DETECT_OPTIONS[MODEL.value]))
 
     if DTYPE.value == "float32":  # bfloat16 rounding reorders near-equal scores on both sides
         with strict_float32():  # TF32 rounding could too
@@ -161,7 +174,7 @@ def compare_train_step(model, params, config, batch: dict, device: str) -> dict:
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     their_images = torch_images(batch["image"], device)
-    targets = [{"boxes": torch.from_numpy(b[m] * 300.0).to(device),
+    targets = [{"boxes": torch.from_numpy(b[m] * float(config.image_size)).to(device),
                 "labels": torch.from_numpy(lab[m].astype(np.int64)).to(device)}
                for b, lab, m in zip(batch["boxes"], batch["labels"], batch["mask"])]
 
@@ -178,7 +191,11 @@ def compare_train_step(model, params, config, batch: dict, device: str) -> dict:
     optimizer_fn, schedule = train.make_optimizer(recipe), train.learning_rate_schedule(recipe)
     mesh = train.data_mesh(jax.devices()[:1])
     step = train.jit_train_step(config, optimizer_fn, schedule, mesh, jax.numpy.dtype(DTYPE.value))
-    state = train.replicate(train.create_train_state(params, optimizer_fn), mesh)
+    # With BatchNorms (SSDLite) both sides normalise with the batch's statistics.
+    batch_stats = None
+    if config.head == "lite":
+        params, batch_stats = init_batch_norm(params, config)
+    state = train.replicate(train.create_train_state(params, optimizer_fn, batch_stats), mesh)
     device_batch = jax.device_put(batch, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
 
     def ours():
@@ -203,24 +220,26 @@ def main(argv):
         raise SystemExit("error: compare_torchvision.py needs torch + torchvision: pip install -e '.[torch]'")
     torch.manual_seed(0)
     device = benchlib.torch_device()
-    model = torchvision.models.detection.ssd300_vgg16(weights=None, weights_backbone=None)
+    model = getattr(torchvision.models.detection, MODEL.value)(weights=None, weights_backbone=None)
     state_dict = {k: v.numpy() for k, v in model.state_dict().items()}
     params, config = jax.device_put(weights.from_torchvision(state_dict)), weights.torchvision_config(state_dict)
     model.to(device)
     with strict_float32() if STRICT_FLOAT32.value else contextlib.nullcontext():
-        rows = [compare_inference(model, params, config, sample_batch(BATCH.value), device),
-                compare_network(model, params, config, sample_batch(BATCH.value), device)]
+        size = config.image_size
+        rows = [compare_inference(model, params, config, sample_batch(BATCH.value, size), device),
+                compare_network(model, params, config, sample_batch(BATCH.value, size), device)]
         if TRAIN_BATCH.value:
-            rows.append(compare_train_step(model, params, config, sample_batch(TRAIN_BATCH.value), device))
+            rows.append(compare_train_step(model, params, config, sample_batch(TRAIN_BATCH.value, size), device))
     their_device = benchlib.torch_device_name()
     precision = DTYPE.value + (" (strict)" if STRICT_FLOAT32.value and DTYPE.value == "float32" else "")
-    print(f"\nssd300_vgg16, {precision}. ssd_jax: {benchlib.machine()}, jax {jax.__version__}. torchvision: "
+    print(f"\n{MODEL.value}, {precision}. ssd_jax: {benchlib.machine()}, jax {jax.__version__}. torchvision: "
           f"{their_device}, torch {torch.__version__}, torchvision {torchvision.__version__}\n")
     print(benchlib.markdown_table(rows, [
         ("what", "what"), ("batch", "batch"), ("ours_ms", "ssd_jax ms"), ("torchvision_ms", "torchvision ms"),
         ("ours_images_per_s", "ssd_jax images/s"), ("torchvision_images_per_s", "torchvision images/s"),
         ("ratio", "ratio ssd_jax / torchvision")]))
-    benchlib.write_json(OUT.value, {"benchmark": "compare_torchvision", "torch": torch.__version__,
+    benchlib.write_json(OUT.value, {"benchmark": "compare_torchvision", "model": MODEL.value,
+                                    "torch": torch.__version__,
                                     "torch_device": their_device, "dtype": DTYPE.value,
                                     "strict_float32": STRICT_FLOAT32.value,
                                     "torchvision": torchvision.__version__, "rows": rows})

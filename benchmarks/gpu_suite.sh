@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The GPU figures of benchmarks/RESULTS.md, in one go (about 8.5 minutes on an H200):
+# The GPU figures of benchmarks/RESULTS.md, in one go (about 10 minutes on an H200):
 #   bash benchmarks/gpu_suite.sh [parts] [out_dir]
 #
-#   parts: comma-separated, default "detect,post,train,nms,tests,diagnose":
+#   parts: comma-separated, default "detect,backbones,post,train,nms,tests,diagnose":
 #     detect    detect images/s and the decode+NMS share: SSD300 with 21 and 91 classes, batch 32 to
 #               128, bfloat16; float32 at batch 32 to 128 (detect's default slices of 32), and at
 #               batch 64 and 128 without slices (the float32 slowdown)
+#     backbones SSDLite320 (MobileNetV3-Large) and SSD300 on ResNet-50: detect at batch 64 and the
+#               train step at batch 32, bfloat16; SSDLite against torchvision's on the same GPU
 #     post      the post-processing's variants (shallow depth, top-k narrowing) and its XLA ops
 #     train     the SSD300 train step, bfloat16, batch 32, with the default gradient rules on a
 #               GPU (fast_pool): all layers trained or the paper's frozen conv1-conv2, with a
@@ -20,7 +22,7 @@
 # Needs a CUDA build of jax (and of torch for "nms" and "tests") and the project's dependencies
 # (pip install -e '.[dev,torch]') in the current Python environment.
 set -u -o pipefail
-parts=${1:-detect,post,train,nms,tests,diagnose}
+parts=${1:-detect,backbones,post,train,nms,tests,diagnose}
 out=${2:-benchmarks/results}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -43,6 +45,15 @@ if has detect; then
     --dtypes=bfloat16 --repeats=5 --out="$out/bench_detect_bf16.json"
   step detect_f32 python3 benchmarks/bench_detect.py --models=ssd300 --batches=32,64,128 --dtypes=float32 \
     --network_batch=auto,0 --repeats=3 --out="$out/bench_detect_f32.json"
+fi
+
+if has backbones; then
+  step backbones_detect python3 benchmarks/bench_detect.py --models=ssdlite320_mobilenet_v3_large,ssd300_resnet50 \
+    --batches=64 --dtypes=bfloat16 --repeats=3 --out="$out/bench_detect_backbones.json"
+  step backbones_train python3 benchmarks/bench_train.py --models=ssdlite320_mobilenet_v3_large,ssd300_resnet50 \
+    --batches=32 --dtypes=bfloat16 --steps=5 --batch_norm --out="$out/bench_train_backbones.json"
+  step backbones_torchvision python3 benchmarks/compare_torchvision.py --model=ssdlite320_mobilenet_v3_large \
+    --batch=64 --train_batch=32 --dtype=bfloat16 --repeats=3 --out="$out/compare_ssdlite.json"
 fi
 
 if has post; then

@@ -7,9 +7,16 @@ Examples:
   # an amdegroot-style VOC checkpoint (ssd300_mAP_77.43_v2.pth), BGR -> RGB:
   python experiments/convert_weights.py --format=amdegroot --input=ssd300_mAP_77.43_v2.pth \
       --output=checkpoints/ssd300_voc
+  # torchvision's SSDLite (ssdlite320_mobilenet_v3_large_coco-a79551df.pth), BatchNorms folded:
+  python experiments/convert_weights.py --format=torchvision \
+      --input=ssdlite320_mobilenet_v3_large_coco-a79551df.pth --output=checkpoints/ssdlite320_coco
   # ImageNet VGG16 with the reduced fc6/fc7 (vgg16_reducedfc.pth, Caffe BGR) for training:
   python experiments/convert_weights.py --format=vgg16 --bgr --input=vgg16_reducedfc.pth \
       --output=checkpoints/vgg16_reducedfc
+  # torchvision's ImageNet ResNet-50 / MobileNetV3-Large as the backbone of ssd300_resnet50 /
+  # ssdlite320_mobilenet_v3_large_full (train with --config.init_backbone=DIR):
+  python experiments/convert_weights.py --format=resnet50 --input=resnet50-11ad3fa6.pth \
+      --output=checkpoints/resnet50_backbone
 
 The input may be .pth (read with torch.load(weights_only=True); needs torch), .npz or
 .safetensors. The output directory holds config.json and an orbax checkpoint; load it with
@@ -26,11 +33,13 @@ from absl import app, flags, logging
 
 from ssd_jax import checkpoint, classes, configs, weights
 
-FLAGS = flags.DEFINE_enum("format", None, ["torchvision", "amdegroot", "vgg16"], "Layout of the input weights.")
+FLAGS = flags.DEFINE_enum("format", None, ["torchvision", "amdegroot", "vgg16", "resnet50", "mobilenet_v3_large"],
+                          "Layout of the input weights: an SSD (torchvision, amdegroot) or an ImageNet backbone.")
 INPUT = flags.DEFINE_string("input", None, "Weight file: .pth, .pt, .npz or .safetensors.")
 OUTPUT = flags.DEFINE_string("output", None, "Directory to write the ssd_jax checkpoint to.")
-CONFIG = flags.DEFINE_string("config", None, "Preset to convert into (default: inferred from the heads: "
-                             "ssd300_torchvision for torchvision, ssd300 for amdegroot).")
+CONFIG = flags.DEFINE_string("config", None, "Preset to convert into (default: inferred from the layers: "
+                             "ssd300_torchvision or ssdlite320_mobilenet_v3_large for torchvision, ssd300 "
+                             "for amdegroot).")
 BGR = flags.DEFINE_bool("bgr", False, "vgg16 only: the weights were trained on BGR input (Caffe).")
 TORCHVISION_NORM = flags.DEFINE_bool(
     "torchvision_normalization", False,
@@ -49,16 +58,21 @@ def main(argv):
         if TORCHVISION_NORM.value:
             kwargs.update(input_mean=(0.485, 0.456, 0.406), input_std=(0.229, 0.224, 0.225))
         tree = weights.from_vgg16(state_dict, **kwargs)
+    elif FLAGS.value == "resnet50":
+        tree = weights.from_resnet50(state_dict)
+    elif FLAGS.value == "mobilenet_v3_large":
+        tree = weights.from_mobilenet_v3_large(state_dict)
+    if FLAGS.value in ("vgg16", "resnet50", "mobilenet_v3_large"):
         layers = sorted(tree["backbone"])
-        checkpoint.save_params(OUTPUT.value, tree, metadata={"kind": "vgg16_backbone", "layers": layers},
+        checkpoint.save_params(OUTPUT.value, tree, metadata={"kind": f"{FLAGS.value}_backbone", "layers": layers},
                                overwrite=OVERWRITE.value)
-        print(f"wrote VGG16 backbone ({', '.join(layers)}) to {OUTPUT.value}")
+        print(f"wrote the {FLAGS.value} backbone ({len(layers)} layers) to {OUTPUT.value}")
         return
     num_classes = None
-    if CONFIG.value:
-        head_key = ("head.classification_head.module_list.0.weight" if FLAGS.value == "torchvision"
-                    else "conf.0.weight")
-        num_classes = np.shape(state_dict[head_key])[0] // 4 if head_key in state_dict else None
+    if CONFIG.value and FLAGS.value == "torchvision":
+        num_classes = weights.torchvision_config(state_dict).num_classes
+    elif CONFIG.value:
+        num_classes = np.shape(state_dict["conf.0.weight"])[0] // 4 if "conf.0.weight" in state_dict else None
     if FLAGS.value == "torchvision":
         config = (configs.get(CONFIG.value, num_classes=num_classes) if CONFIG.value
                   else weights.torchvision_config(state_dict))

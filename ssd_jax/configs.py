@@ -13,11 +13,21 @@ Presets:
                           detections.
   ``ssd_tiny``            the same layer types with narrow, shallower layers and a 128-pixel
                           input, for tests and the CPU quickstart.
+  ``ssdlite320_mobilenet_v3_large``  torchvision's SSDLite: MobileNetV3-Large (reduced tail, as
+                          its COCO model), depthwise-separable extra layers and heads, 320-pixel
+                          input, 91 classes; ``..._full``: the full-width tail, for torchvision's
+                          ImageNet MobileNetV3 weights.
+  ``ssd300_resnet50``     SSD300 on ResNet-50 as NVIDIA's DeepLearningExamples recipe builds it.
+
+The base network is a choice (``backbone``): each of ``BACKBONES`` is one module of
+``ssd_jax.models`` that returns the first source feature maps; the extra layers continue from
+the last of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 # Caffe's VGG16 ImageNet mean in RGB order; subtracted inside the model.
@@ -32,13 +42,24 @@ TORCHVISION_MEAN_RGB = (0.48235 * 255, 0.45882 * 255, 0.40784 * 255)
 PRIOR_CLIP_MODES = ("none", "wh", "all")
 # Convolutions per block of VGG16 (conv1_1, conv1_2 | conv2_1, conv2_2 | conv3_1 .. conv3_3 | ...).
 VGG16_BLOCK_DEPTHS = (2, 2, 3, 3, 3)
+# Base networks: the module of ssd_jax.models for each, and how many source maps it gives.
+BACKBONE_SOURCES = {"vgg16": 2, "mobilenet_v3_large": 2, "resnet50": 1}
+# Heads (and extra layers): 'plain' 3x3 convolutions with ReLU (the paper), or 'lite' (SSDLite:
+# depthwise 3x3 + BatchNorm + ReLU6, then a 1x1 convolution; extra layers 1x1 -> depthwise 3x3
+# -> 1x1, ReLU6).
+HEADS = ("plain", "lite")
+# ImageNet statistics of torchvision's classification weights, in [0, 255] pixels.
+TORCHVISION_IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+TORCHVISION_IMAGENET_STD_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 # Fields of configs saved by earlier versions that are now training settings (train.default_config).
 _FORMER_FIELDS = ("match_iou_threshold", "neg_pos_ratio")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExtraLayer:
-    """One extra feature block: a 1x1 conv to ``mid`` channels, then a ``kernel`` conv to ``out``."""
+    """One extra feature block: a 1x1 conv to ``mid`` channels, then a ``kernel`` conv to ``out``
+    (with ``head='lite'``: a depthwise ``kernel`` conv on the ``mid`` channels, then a 1x1 conv to
+    ``out``)."""
 
     mid: int
     out: int
@@ -52,7 +73,8 @@ class SSDConfig:
     """Everything that fixes an SSD model's shapes and box conventions.
 
     Sizes (``steps``, ``min_sizes``, ``max_sizes``) are in input pixels; one entry per source
-    feature map, sources ordered conv4_3, fc7, then the extra blocks.
+    feature map, sources ordered as the backbone gives them (VGG16: conv4_3, fc7), then the
+    extra blocks.
     """
 
     name: str
@@ -63,7 +85,12 @@ class SSDConfig:
     min_sizes: tuple[float, ...]
     max_sizes: tuple[float, ...]
     aspect_ratios: tuple[tuple[float, ...], ...]
-    # Model widths: VGG blocks conv1..conv5, fc6/fc7, extra blocks; convolutions per VGG block.
+    backbone: str = "vgg16"  # one of BACKBONE_SOURCES
+    head: str = "plain"  # one of HEADS
+    # MobileNetV3: the last stage at half width (160 -> 80 channels, last layer 960 -> 480), as
+    # torchvision builds SSDLite without an ImageNet backbone (so its COCO weights have it).
+    reduced_tail: bool = False
+    # VGG16 widths: blocks conv1..conv5, fc6/fc7; convolutions per VGG block.
     backbone_widths: tuple[int, int, int, int, int] = (64, 128, 256, 512, 512)
     backbone_depths: tuple[int, int, int, int, int] = VGG16_BLOCK_DEPTHS
     fc_width: int = 1024
@@ -73,8 +100,9 @@ class SSDConfig:
     prior_clip: str = "none"  # one of PRIOR_CLIP_MODES
     decode_clamp: float | None = None  # upper bound on the decoded log-scale, None for none
     clip_boxes: bool = True  # clip detections to the image
-    # Input normalisation (RGB, subtracted from pixels in [0, 255]).
+    # Input normalisation: (pixels in [0, 255] - mean_rgb) / std_rgb, RGB.
     mean_rgb: tuple[float, float, float] = IMAGENET_MEAN_RGB
+    std_rgb: tuple[float, float, float] = (1.0, 1.0, 1.0)
     l2norm_scale: float | None = 20.0  # initial scale of conv4_3's L2Norm; None: no L2Norm
 
     def __post_init__(self):
@@ -82,7 +110,7 @@ class SSDConfig:
 
     @property
     def num_sources(self) -> int:
-        return 2 + len(self.extras)
+        return BACKBONE_SOURCES.get(self.backbone, 2) + len(self.extras)
 
     @property
     def boxes_per_location(self) -> tuple[int, ...]:
@@ -98,20 +126,35 @@ def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def architecture_feature_map_sizes(
-    image_size: int, extras: tuple[ExtraLayer, ...]
-) -> tuple[int, ...]:
-    """Spatial sizes of the source maps that the VGG16-SSD layers produce from ``image_size``.
+def backbone_feature_map_sizes(backbone: str, image_size: int) -> list[int]:
+    """Spatial sizes of the source maps that ``backbone`` gives for an ``image_size`` input.
 
-    pool1, pool2 and pool4 round down, pool3 rounds up (75 -> 38 in SSD300); the 3x3 convs,
-    pool5 (3x3/1/pad 1) and the dilated fc6 keep the size.
+    vgg16: pool1, pool2 and pool4 round down, pool3 rounds up (75 -> 38 in SSD300); the 3x3
+    convs, pool5 (3x3/1/pad 1) and the dilated fc6 keep the size.
+    mobilenet_v3_large: five stride-2 convolutions with "same"-style padding (each rounds up);
+    the sources are the expansion of the block before the last one (1/16) and the last layer (1/32).
+    resnet50: conv1 7x7/2/pad 3, max pool 3x3/2/pad 1, conv3_x's stride 2, conv4_x at stride 1.
     """
+    if backbone == "mobilenet_v3_large":
+        size = image_size
+        for _ in range(4):
+            size = _conv_out(size, 3, 2, 1)
+        return [size, _conv_out(size, 3, 2, 1)]
+    if backbone == "resnet50":
+        size = _conv_out(_conv_out(image_size, 7, 2, 3), 3, 2, 1)  # conv1, max pool
+        return [_conv_out(size, 3, 2, 1)]  # conv3_x's first 3x3 conv; conv4_x keeps the size
     size = image_size // 2  # pool1
     size = size // 2  # pool2
     size = -(-size // 2)  # pool3, ceil mode
-    sizes = [size]  # conv4_3
-    size = size // 2  # pool4
-    sizes.append(size)  # fc7
+    return [size, size // 2]  # conv4_3, fc7 (after pool4)
+
+
+def architecture_feature_map_sizes(
+    image_size: int, extras: tuple[ExtraLayer, ...], backbone: str = "vgg16"
+) -> tuple[int, ...]:
+    """Spatial sizes of the source maps that ``backbone`` and ``extras`` produce from ``image_size``."""
+    sizes = backbone_feature_map_sizes(backbone, image_size)
+    size = sizes[-1]
     for extra in extras:
         size = _conv_out(size, extra.kernel, extra.stride, extra.padding)
         sizes.append(size)
@@ -121,6 +164,12 @@ def architecture_feature_map_sizes(
 def validate(config: SSDConfig) -> None:
     """Raises ``ValueError`` naming the first inconsistency in ``config``."""
     name = f"SSDConfig {config.name!r}"
+    if config.backbone not in BACKBONE_SOURCES:
+        raise ValueError(f"{name}: backbone must be one of {sorted(BACKBONE_SOURCES)}, got {config.backbone!r}")
+    if config.head not in HEADS:
+        raise ValueError(f"{name}: head must be one of {HEADS}, got {config.head!r}")
+    if len(config.std_rgb) != 3 or min(config.std_rgb) <= 0:
+        raise ValueError(f"{name}: std_rgb must be three positive numbers, got {config.std_rgb}")
     if config.num_classes < 2:
         raise ValueError(f"{name}: num_classes={config.num_classes} must count background and at least one class")
     if config.image_size <= 0:
@@ -136,9 +185,10 @@ def validate(config: SSDConfig) -> None:
         if len(values) != config.num_sources:
             raise ValueError(
                 f"{name}: {field} has {len(values)} entries but the model has {config.num_sources} "
-                f"source feature maps (conv4_3, fc7 and {len(config.extras)} extra layers)"
+                f"source feature maps ({BACKBONE_SOURCES[config.backbone]} of {config.backbone} and "
+                f"{len(config.extras)} extra layers)"
             )
-    expected = architecture_feature_map_sizes(config.image_size, config.extras)
+    expected = architecture_feature_map_sizes(config.image_size, config.extras, config.backbone)
     if min(expected) < 1:
         raise ValueError(f"{name}: image_size {config.image_size} is too small for these layers: sizes {expected}")
     if tuple(config.feature_map_sizes) != expected:
@@ -178,6 +228,7 @@ _COCO300_SIZES = (21.0, 45.0, 99.0, 153.0, 207.0, 261.0, 315.0)
 
 
 def _ssd300(name: str, num_classes: int, sizes: tuple[float, ...], **overrides) -> SSDConfig:
+    fields = {"extras": _SSD300_EXTRAS, **overrides}
     return SSDConfig(
         name=name,
         num_classes=num_classes,
@@ -187,8 +238,7 @@ def _ssd300(name: str, num_classes: int, sizes: tuple[float, ...], **overrides) 
         min_sizes=sizes[:-1],
         max_sizes=sizes[1:],
         aspect_ratios=_SSD300_RATIOS,
-        extras=_SSD300_EXTRAS,
-        **overrides,
+        **fields,
     )
 
 
@@ -268,12 +318,81 @@ def ssd_tiny(num_classes: int = 21) -> SSDConfig:
     )
 
 
+def ssdlite320_mobilenet_v3_large(num_classes: int = 91, *, reduced_tail: bool = True) -> SSDConfig:
+    """torchvision's ``ssdlite320_mobilenet_v3_large``: its architecture, default boxes and input.
+
+    Sources: MobileNetV3-Large's expansion layer of its last stride-2 block (672 channels,
+    20x20) and its last layer (10x10: 480 channels with the reduced tail that torchvision uses
+    when no ImageNet backbone is given, as for its COCO weights; 960 without), then four extra
+    blocks (1x1 -> depthwise 3x3/2 -> 1x1, ReLU6) to 512, 256, 256 and 128 channels: maps 5, 3,
+    2, 1. Default boxes as torchvision's ``DefaultBoxGenerator([[2, 3]] * 6, min_ratio=0.2,
+    max_ratio=0.95)``: scales 0.2 ... 0.95 and 1.0, centres (j + 0.5) / size, w/h clipped to 1.
+    Input (pixels / 255 - 0.5) / 0.5; decoded boxes clamped like torchvision's box coder.
+    """
+    image_size = 320
+    extras = (ExtraLayer(256, 512), ExtraLayer(128, 256), ExtraLayer(128, 256), ExtraLayer(64, 128))
+    feature_maps = architecture_feature_map_sizes(image_size, extras, "mobilenet_v3_large")
+    scales = [0.2 + (0.95 - 0.2) * k / (len(feature_maps) - 1) for k in range(len(feature_maps))] + [1.0]
+    return SSDConfig(
+        name="ssdlite320_mobilenet_v3_large" if reduced_tail else "ssdlite320_mobilenet_v3_large_full",
+        num_classes=num_classes,
+        image_size=image_size,
+        feature_map_sizes=feature_maps,
+        steps=tuple(image_size / f for f in feature_maps),
+        min_sizes=tuple(s * image_size for s in scales[:-1]),
+        max_sizes=tuple(s * image_size for s in scales[1:]),
+        aspect_ratios=((2.0, 3.0),) * len(feature_maps),
+        backbone="mobilenet_v3_large",
+        head="lite",
+        reduced_tail=reduced_tail,
+        extras=extras,
+        prior_clip="wh",
+        decode_clamp=TORCHVISION_DECODE_CLAMP,
+        mean_rgb=(127.5, 127.5, 127.5),
+        std_rgb=(127.5, 127.5, 127.5),
+        l2norm_scale=None,
+    )
+
+
+def ssd300_resnet50(num_classes: int = 81) -> SSDConfig:
+    """SSD300 on ResNet-50, as NVIDIA's DeepLearningExamples (PyTorch/Detection/SSD) builds it.
+
+    ResNet-50 up to conv4_x (torchvision's ``layer3``), whose first block runs at stride 1, so
+    the one backbone source is 1024 x 38 x 38; five extra blocks (1x1 to 256, 256, 128, 128, 128
+    channels, then 3x3 to 512, 512, 256, 256, 256: three at stride 2 / pad 1, two at stride 1 /
+    pad 0): maps 19, 10, 5, 3, 1. Default boxes: their ``dboxes300_coco`` (the COCO sizes 21 ...
+    315, steps 8 ... 300, ratios 2 / 2,3, w/h clamped to 1). Input: torchvision's ImageNet mean
+    and std. No L2Norm. Facts and sources: SSD_REFERENCE.md in the design notes, README presets.
+    """
+    return _ssd300(
+        "ssd300_resnet50",
+        num_classes,
+        _COCO300_SIZES,
+        backbone="resnet50",
+        extras=(
+            ExtraLayer(256, 512, kernel=3, stride=2, padding=1),
+            ExtraLayer(256, 512, kernel=3, stride=2, padding=1),
+            ExtraLayer(128, 256, kernel=3, stride=2, padding=1),
+            ExtraLayer(128, 256, kernel=3, stride=1, padding=0),
+            ExtraLayer(128, 256, kernel=3, stride=1, padding=0),
+        ),
+        prior_clip="wh",
+        mean_rgb=TORCHVISION_IMAGENET_MEAN_RGB,
+        std_rgb=TORCHVISION_IMAGENET_STD_RGB,
+        l2norm_scale=None,
+    )
+
+
 PRESETS = {
     "ssd300": ssd300,
     "ssd300_coco": ssd300_coco,
     "ssd300_torchvision": ssd300_torchvision,
     "ssd512": ssd512,
     "ssd_tiny": ssd_tiny,
+    "ssdlite320_mobilenet_v3_large": ssdlite320_mobilenet_v3_large,
+    # The same with the full-width tail: the one that takes torchvision's ImageNet MobileNetV3 weights.
+    "ssdlite320_mobilenet_v3_large_full": functools.partial(ssdlite320_mobilenet_v3_large, reduced_tail=False),
+    "ssd300_resnet50": ssd300_resnet50,
 }
 
 

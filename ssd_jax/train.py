@@ -156,7 +156,8 @@ def default_config() -> ml_collections.ConfigDict:
     # A BatchNorm before each ReLU of the base and extra layers while training, folded into the
     # convolutions for evaluation and the saved parameters: for training from scratch.
     config.batch_norm = False
-    # A converted ImageNet VGG16 (experiments/convert_weights.py --format=vgg16).
+    # A converted ImageNet backbone of the model's kind (experiments/convert_weights.py
+    # --format=vgg16, resnet50 or mobilenet_v3_large).
     config.init_backbone = ml_collections.config_dict.placeholder(str)
     config.seed = 0
     config.log_every = 50
@@ -240,8 +241,13 @@ def config_problems(config: ml_collections.ConfigDict, *, device_count: int | No
     check("grad_clip_norm", number(0), "a finite number >= 0 (0: no clipping)")
     check("compute_dtype", lambda v: v in ("float32", "bfloat16"), "'float32' or 'bfloat16'")
     check("frozen_blocks", integer(-1, 5), "-1 (the paper's choice) or 0 to 5")
+    if config.get("model") in configs.PRESETS and isinstance(config.get("frozen_blocks"), int):
+        backbone = configs.get(config.model).backbone
+        if backbone != "vgg16" and config.frozen_blocks > 0:
+            problems.append(f"frozen_blocks={config.frozen_blocks}: freezes VGG16 blocks, but {config.model} has the "
+                            f"{backbone} backbone; use -1 or 0")
     check("gradients", lambda v: v in ("auto", "xla", "fast", "fast_pool"), "'auto', 'xla', 'fast' or 'fast_pool'")
-    check("init_backbone", lambda v: v is None or isinstance(v, str), "a converted VGG16 checkpoint or None")
+    check("init_backbone", lambda v: v is None or isinstance(v, str), "a converted ImageNet backbone or None")
     check("seed", integer(0), "an integer >= 0")
     check("log_every", integer(1), "an integer >= 1")
     check("checkpoint_every", integer(1), "an integer >= 1")
@@ -268,10 +274,12 @@ PAPER_FROZEN_BLOCKS = 2  # the reference SSD freezes conv1_1 .. conv2_2 of its I
 
 
 def frozen_blocks(config: ml_collections.ConfigDict) -> int:
-    """The number of leading VGG blocks that ``config`` freezes (resolves -1, the paper's choice)."""
+    """The number of leading VGG blocks that ``config`` freezes (resolves -1, the paper's choice:
+    conv1-conv2 of an ImageNet VGG16; nothing for the other backbones, trained whole)."""
     blocks = int(config.get("frozen_blocks", 0))
     if blocks < 0:
-        return PAPER_FROZEN_BLOCKS if config.get("init_backbone") else 0
+        vgg = configs.get(config.get("model", "ssd300")).backbone == "vgg16"
+        return PAPER_FROZEN_BLOCKS if config.get("init_backbone") and vgg else 0
     return blocks
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -124,26 +125,62 @@ def _conv(state_dict, key: str, *, flip_input_channels: bool = False) -> dict[st
             "bias": np.asarray(state_dict[f"{key}.bias"], np.float32)}
 
 
+class ConvBN(NamedTuple):
+    """A PyTorch convolution (bias optional) followed by a BatchNorm, folded on import."""
+
+    conv: str
+    norm: str
+
+
+def _conv_bn(state_dict, keys: ConvBN, eps: float) -> dict[str, np.ndarray]:
+    """conv [O, I, H, W] (+ bias) and BatchNorm (weight, bias, running mean and var) -> Flax
+    {'kernel' HWIO, 'bias'} of the folded convolution: kernel * f, (bias - mean) * f + beta with
+    f = weight / sqrt(var + eps). Depthwise weights [C, 1, H, W] become [H, W, 1, C]."""
+    weight = np.asarray(state_dict[f"{keys.conv}.weight"], np.float64)
+    if weight.ndim != 4:
+        raise WeightImportError(f"{keys.conv}.weight: expected a 4-d conv weight, got shape {weight.shape}")
+    norm = {part: np.asarray(state_dict[f"{keys.norm}.{part}"], np.float64)
+            for part in ("weight", "bias", "running_mean", "running_var")}
+    factor = norm["weight"] / np.sqrt(norm["running_var"] + eps)
+    bias = np.asarray(state_dict.get(f"{keys.conv}.bias", np.zeros(weight.shape[0])), np.float64)
+    return {"kernel": np.ascontiguousarray((weight.transpose(2, 3, 1, 0) * factor).astype(np.float32)),
+            "bias": ((bias - norm["running_mean"]) * factor + norm["bias"]).astype(np.float32)}
+
+
+def _keys_of(entry: str | ConvBN) -> list[str]:
+    """The state-dict keys that one ``conv_keys`` entry reads (a BatchNorm's counter included)."""
+    if isinstance(entry, ConvBN):
+        return [f"{entry.conv}.weight", *(f"{entry.norm}.{part}" for part in ("weight", "bias", "running_mean",
+                                                                                "running_var"))]
+    return [f"{entry}.weight", f"{entry}.bias"]
+
+
 def _set(tree: dict, path: tuple[str, ...], value) -> None:
     for name in path[:-1]:
         tree = tree.setdefault(name, {})
     tree[path[-1]] = value
 
 
-def _convert(state_dict: Mapping, conv_keys: dict[tuple[str, ...], str], scale_keys: dict[tuple[str, ...], str],
-             *, flip_first_conv: bool = False) -> tuple[dict, set[str]]:
-    """Builds a params subtree from ``{param path: torch key}``; returns it and the keys used."""
-    missing = [f"{key}.{part}" for key in conv_keys.values() for part in ("weight", "bias")
-               if f"{key}.{part}" not in state_dict]
+def _convert(state_dict: Mapping, conv_keys: dict[tuple[str, ...], str | ConvBN],
+             scale_keys: dict[tuple[str, ...], str], *, flip_first_conv: bool = False,
+             bn_eps: float = 1e-5) -> tuple[dict, set[str]]:
+    """Builds a params subtree from ``{param path: torch key or ConvBN}``; returns it and the keys
+    used. ``bn_eps``: the epsilon of the network's BatchNorms (not stored in state dicts)."""
+    missing = [key for entry in conv_keys.values() for key in _keys_of(entry) if key not in state_dict]
     missing += [key for key in scale_keys.values() if key not in state_dict]
     if missing:
-        raise WeightImportError(f"missing keys in the state dict: {', '.join(missing)}")
+        shown = ", ".join(missing[:12]) + (f", ... ({len(missing)} in all)" if len(missing) > 12 else "")
+        raise WeightImportError(f"missing keys in the state dict: {shown}")
     params: dict = {}
     used: set[str] = set()
-    for path, key in conv_keys.items():
+    for path, entry in conv_keys.items():
+        if isinstance(entry, ConvBN):
+            _set(params, path, _conv_bn(state_dict, entry, bn_eps))
+            used |= {*_keys_of(entry), f"{entry.conv}.bias", f"{entry.norm}.num_batches_tracked"}
+            continue
         flip = flip_first_conv and path[-1] == "conv1_1"
-        _set(params, path, _conv(state_dict, key, flip_input_channels=flip))
-        used |= {f"{key}.weight", f"{key}.bias"}
+        _set(params, path, _conv(state_dict, entry, flip_input_channels=flip))
+        used |= set(_keys_of(entry))
     for path, key in scale_keys.items():
         _set(params, path, {"scale": np.asarray(state_dict[key], np.float32).reshape(-1)})
         used.add(key)
@@ -185,8 +222,8 @@ def _ssd_keys(config: SSDConfig, base: dict[str, str], extra_key, head_key) -> d
     return keys
 
 
-def _import_ssd(state_dict, config, conv_keys, scale_keys, *, flip_first_conv=False) -> dict:
-    params, used = _convert(state_dict, conv_keys, scale_keys, flip_first_conv=flip_first_conv)
+def _import_ssd(state_dict, config, conv_keys, scale_keys, *, flip_first_conv=False, bn_eps=1e-5) -> dict:
+    params, used = _convert(state_dict, conv_keys, scale_keys, flip_first_conv=flip_first_conv, bn_eps=bn_eps)
     _check_unused(state_dict, used)
     expected = param_shapes(config)
     _check_shapes(params, expected, {**conv_keys, **scale_keys})
@@ -200,18 +237,100 @@ def _num_classes_from_head(state_dict, key: str, boxes: int) -> int:
     return int(np.shape(state_dict[key])[0]) // boxes
 
 
+# torchvision builds SSDLite's BatchNorms with eps 0.001 (its classification MobileNetV3 too).
+MOBILENET_BN_EPS = 1e-3
+_SSDLITE_KEY = "backbone.features.0.0.0.weight"  # SSDLite's first conv; VGG16's is backbone.features.0.weight
+
+
+def _conv_norm(key: str) -> ConvBN:
+    """torchvision's ``Conv2dNormActivation`` at ``key``: conv ``key.0``, BatchNorm ``key.1``."""
+    return ConvBN(f"{key}.0", f"{key}.1")
+
+
+def _mobilenet_block_keys(index: int, prefix: str, *, expands: bool, squeeze_excite: bool) -> dict[str, str | ConvBN]:
+    """Our layer names of MobileNetV3 block ``index`` -> torchvision's keys under ``prefix``
+    (an ``InvertedResidual.block``: [expand], depthwise, [squeeze-excitation], project)."""
+    names = (["expand"] if expands else []) + ["dw"] + (["se"] if squeeze_excite else []) + ["project"]
+    keys: dict[str, str | ConvBN] = {}
+    for position, name in enumerate(names):
+        if name == "se":
+            keys[f"b{index}_se_reduce"] = f"{prefix}.{position}.fc1"
+            keys[f"b{index}_se_expand"] = f"{prefix}.{position}.fc2"
+        else:
+            keys[f"b{index}_{name}"] = _conv_norm(f"{prefix}.{position}")
+    return keys
+
+
+def _mobilenet_keys(config: SSDConfig, *, ssdlite: bool) -> dict[str, str | ConvBN]:
+    """Our MobileNetV3-Large layer names -> torchvision's keys: of ``ssdlite320_mobilenet_v3_large``
+    (``backbone.features.0`` up to block 13's expansion, ``backbone.features.1`` from its depthwise
+    conv on) or of the classifier ``mobilenet_v3_large`` (``features.N``)."""
+    from ssd_jax.models.mobilenet_v3 import FIRST_SOURCE_BLOCK, large_blocks
+
+    blocks = large_blocks(config.reduced_tail)
+    keys: dict[str, str | ConvBN] = {"stem": _conv_norm("backbone.features.0.0" if ssdlite else "features.0")}
+    in_channels = 16
+    for i, block in enumerate(blocks, start=1):
+        expands = block.expanded != in_channels
+        in_channels = block.out
+        if not ssdlite:
+            keys.update(_mobilenet_block_keys(i, f"features.{i}.block", expands=expands,
+                                              squeeze_excite=block.squeeze_excite))
+        elif i < FIRST_SOURCE_BLOCK:
+            keys.update(_mobilenet_block_keys(i, f"backbone.features.0.{i}.block", expands=expands,
+                                              squeeze_excite=block.squeeze_excite))
+        elif i == FIRST_SOURCE_BLOCK:  # split after its expansion: the first source
+            # torchvision slices the block's Sequential, which keeps the layers' indices (from 1).
+            keys.update(_mobilenet_block_keys(i, "backbone.features.1.0", expands=True,
+                                              squeeze_excite=block.squeeze_excite))
+            keys[f"b{i}_expand"] = _conv_norm(f"backbone.features.0.{i}")
+        else:
+            keys.update(_mobilenet_block_keys(i, f"backbone.features.1.{i - FIRST_SOURCE_BLOCK}.block",
+                                              expands=expands, squeeze_excite=block.squeeze_excite))
+    last = len(blocks) + 1
+    keys["last"] = _conv_norm(f"backbone.features.1.{last - FIRST_SOURCE_BLOCK}" if ssdlite else f"features.{last}")
+    return keys
+
+
+def _ssdlite_keys(config: SSDConfig) -> dict[tuple[str, ...], str | ConvBN]:
+    keys: dict[tuple[str, ...], str | ConvBN] = {("backbone", name): key
+                                                 for name, key in _mobilenet_keys(config, ssdlite=True).items()}
+    for i in range(1, len(config.extras) + 1):
+        for position, name in enumerate(("1", "dw", "2")):
+            keys[(f"extra{i}_{name}",)] = _conv_norm(f"backbone.extra.{i - 1}.{position}")
+    heads = {"loc": "head.regression_head.module_list", "conf": "head.classification_head.module_list"}
+    for i in range(config.num_sources):
+        for kind, key in heads.items():
+            keys[(f"{kind}_{i}_dw",)] = _conv_norm(f"{key}.{i}.0")
+            keys[(f"{kind}_{i}",)] = f"{key}.{i}.1"
+    return keys
+
+
 def torchvision_config(state_dict: Mapping) -> SSDConfig:
-    """The ``ssd300_torchvision`` config whose class count fits a torchvision state dict."""
+    """The config whose layers and class count fit a torchvision SSD state dict:
+    ``ssd300_torchvision`` (``ssd300_vgg16``) or ``ssdlite320_mobilenet_v3_large`` (reduced tail
+    or not, from the width of its last layer)."""
+    if _SSDLITE_KEY in state_dict:
+        last = [key for key in state_dict if key.startswith("backbone.features.1.") and key.endswith(".0.weight")]
+        width = max((np.shape(state_dict[key])[0] for key in last), default=480)
+        return configs.ssdlite320_mobilenet_v3_large(
+            _num_classes_from_head(state_dict, "head.classification_head.module_list.0.1.weight", 6),
+            reduced_tail=width < 960)
     return configs.ssd300_torchvision(
         _num_classes_from_head(state_dict, "head.classification_head.module_list.0.weight", 4))
 
 
 def from_torchvision(state_dict: Mapping, config: SSDConfig | None = None) -> dict:
-    """torchvision ``ssd300_vgg16`` state dict (name -> array) -> params of ``config``.
+    """torchvision ``ssd300_vgg16`` or ``ssdlite320_mobilenet_v3_large`` state dict (name ->
+    array) -> params of ``config``; SSDLite's BatchNorms are folded into its convolutions.
 
-    ``config`` defaults to ``torchvision_config(state_dict)`` (91 classes for the COCO model).
+    ``config`` defaults to ``torchvision_config(state_dict)`` (91 classes for the COCO models).
     """
     config = torchvision_config(state_dict) if config is None else config
+    if config.backbone == "mobilenet_v3_large":
+        return _import_ssd(state_dict, config, _ssdlite_keys(config), {}, bn_eps=MOBILENET_BN_EPS)
+    if config.backbone != "vgg16":
+        raise WeightImportError(f"torchvision has no SSD with the {config.backbone} backbone of config {config.name!r}")
     base = {name: f"backbone.features.{i}" for name, i in zip(VGG_CONV_NAMES[:10], VGG_CONV_INDICES[:10])}
     base.update({"conv5_1": "backbone.extra.0.1", "conv5_2": "backbone.extra.0.3",
                  "conv5_3": "backbone.extra.0.5", "fc6": "backbone.extra.0.7.1",
@@ -273,6 +392,41 @@ def from_vgg16(state_dict: Mapping, *, bgr: bool = False,
         first["bias"] = first["bias"] + np.einsum("hwio,i->o", kernel, shift)
         first["kernel"] = kernel
     return params
+
+
+def _backbone_import(state_dict: Mapping, conv_keys: dict[str, str | ConvBN], *, ignore: tuple[str, ...],
+                     bn_eps: float) -> dict:
+    params, used = _convert(state_dict, {("backbone", name): key for name, key in conv_keys.items()}, {},
+                            bn_eps=bn_eps)
+    _check_unused(state_dict, used, ignore_prefixes=ignore)
+    return params
+
+
+def from_mobilenet_v3_large(state_dict: Mapping) -> dict:
+    """torchvision's ImageNet ``mobilenet_v3_large`` (``features.*``; the classifier is ignored)
+    -> the ``backbone`` params subtree of ``ssdlite320_mobilenet_v3_large_full``, BatchNorms folded.
+
+    Used as torchvision uses it for SSDLite: the input normalisation stays SSDLite's.
+    """
+    config = configs.ssdlite320_mobilenet_v3_large(reduced_tail=False)
+    return _backbone_import(state_dict, _mobilenet_keys(config, ssdlite=False), ignore=("classifier.",),
+                            bn_eps=MOBILENET_BN_EPS)
+
+
+def from_resnet50(state_dict: Mapping) -> dict:
+    """torchvision's ImageNet ``resnet50`` -> the ``backbone`` params subtree of ``ssd300_resnet50``
+    (conv1 .. conv4_x, BatchNorms folded; ``layer4`` and ``fc`` are not part of it)."""
+    from ssd_jax.models.resnet import RESNET50_LAYERS
+
+    keys: dict[str, str | ConvBN] = {"conv1": ConvBN("conv1", "bn1")}
+    for layer, (blocks, _, _) in enumerate(RESNET50_LAYERS, start=1):
+        for block in range(blocks):
+            prefix = f"layer{layer}.{block}"
+            for k in (1, 2, 3):
+                keys[f"layer{layer}_{block}_conv{k}"] = ConvBN(f"{prefix}.conv{k}", f"{prefix}.bn{k}")
+            if block == 0:
+                keys[f"layer{layer}_0_downsample"] = ConvBN(f"{prefix}.downsample.0", f"{prefix}.downsample.1")
+    return _backbone_import(state_dict, keys, ignore=("layer4.", "fc."), bn_eps=1e-5)
 
 
 def merge_backbone(params: dict, backbone: dict) -> dict:

@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 
 from ssd_jax.configs import SSDConfig
+from ssd_jax.models.layers import BATCH_NORM_EPSILON
+from ssd_jax.models.layers import BATCH_NORM_SUFFIX as SUFFIX
 from ssd_jax.models.ssd import variable_shapes
-from ssd_jax.models.vgg import BATCH_NORM_EPSILON
-from ssd_jax.models.vgg import BATCH_NORM_SUFFIX as SUFFIX
 
 
 def init_batch_norm(params, config: SSDConfig) -> tuple[dict, dict]:

@@ -1,4 +1,5 @@
-"""The SSD network: VGG16 base, extra feature layers and the multibox heads."""
+"""The SSD network: a base network (``config.backbone``), extra feature layers and the multibox
+heads (``config.head``: the paper's 3x3 convolutions or SSDLite's depthwise-separable ones)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssd_jax.configs import SSDConfig
-from ssd_jax.models.vgg import VGG16Base, conv, conv_relu
+from ssd_jax.models.layers import conv, conv_act
+from ssd_jax.models.mobilenet_v3 import MobileNetV3Large
+from ssd_jax.models.resnet import ResNet50Base
+from ssd_jax.models.vgg import VGG16Base
+
+
+def _vgg16(cfg: SSDConfig, **options) -> nn.Module:
+    return VGG16Base(widths=cfg.backbone_widths, fc_width=cfg.fc_width, depths=cfg.backbone_depths,
+                     l2norm_scale=cfg.l2norm_scale, **options)
+
+
+# config.backbone -> builder(config, batch_norm=, dtype=, gradients=, name=) of a module that maps
+# normalised images to its list of source maps (configs.BACKBONE_SOURCES of them).
+BACKBONES = {
+    "vgg16": _vgg16,
+    "mobilenet_v3_large": lambda cfg, **options: MobileNetV3Large(reduced_tail=cfg.reduced_tail, **options),
+    "resnet50": lambda cfg, **options: ResNet50Base(**options),
+}
 
 
 def flatten_head(x, values_per_box: int):
@@ -22,15 +40,17 @@ def flatten_head(x, values_per_box: int):
 class SSD(nn.Module):
     """images [B, S, S, 3] RGB in [0, 255] -> (locations [B, P, 4], logits [B, P, C]).
 
-    The mean is subtracted inside, so the model takes raw pixels. Locations are offsets
-    (tx, ty, tw, th) against ``ssd_jax.priors(config)`` with the config's variances; logits are
-    raw class scores with class 0 = background. Outputs are float32 whatever ``dtype`` (the
-    compute dtype; parameters stay float32).
+    The input is normalised inside ((pixels - mean_rgb) / std_rgb), so the model takes raw
+    pixels. Locations are offsets (tx, ty, tw, th) against ``ssd_jax.priors(config)`` with the
+    config's variances; logits are raw class scores with class 0 = background. Outputs are
+    float32 whatever ``dtype`` (the compute dtype; parameters stay float32).
 
-    ``batch_norm=True`` is the training-time variant with a BatchNorm before every ReLU of the
-    base and the extra layers; ``train`` selects batch statistics (and updates the running ones,
-    collection 'batch_stats'). ``ssd_jax.models.fold_batch_norm`` turns its variables into the
-    parameters of the plain model, which is what ``detect`` and the checkpoints use.
+    ``batch_norm=True`` is the training-time variant with a BatchNorm after the convolutions
+    that the design normalises (every one before a ReLU for VGG16 and the plain extra layers;
+    those of torchvision's MobileNetV3 / ResNet-50 and SSDLite's layers); ``train`` selects batch
+    statistics (and updates the running ones, collection 'batch_stats').
+    ``ssd_jax.models.fold_batch_norm`` turns its variables into the parameters of the plain
+    model, which is what ``detect`` and the checkpoints use.
 
     ``gradients`` picks the gradient rules of the convolutions and poolings: "xla" (lax's), or
     the rules of ``ssd_jax.models.fast_grads`` that the training step takes on CPU.
@@ -49,26 +69,41 @@ class SSD(nn.Module):
             raise ValueError(f"SSD({cfg.name}) expects images [B, {cfg.image_size}, {cfg.image_size}, 3], "
                              f"got shape {tuple(images.shape)}")
         x = images.astype(jnp.float32) - jnp.asarray(cfg.mean_rgb, jnp.float32)
+        if cfg.std_rgb != (1.0, 1.0, 1.0):
+            x = x / jnp.asarray(cfg.std_rgb, jnp.float32)
         x = x.astype(self.dtype)
 
-        conv4_3, x = VGG16Base(widths=cfg.backbone_widths, fc_width=cfg.fc_width, depths=cfg.backbone_depths,
-                               l2norm_scale=cfg.l2norm_scale, batch_norm=self.batch_norm, dtype=self.dtype,
-                               gradients=self.gradients, name="backbone")(x, train)
-        sources = [conv4_3, x]
-        layer = functools.partial(conv_relu, dtype=self.dtype, norm=self.batch_norm, train=train,
+        options = {"batch_norm": self.batch_norm, "dtype": self.dtype, "gradients": self.gradients}
+        sources = list(BACKBONES[cfg.backbone](cfg, name="backbone", **options)(x, train))
+        x = sources[-1]
+        layer = functools.partial(conv_act, dtype=self.dtype, norm=self.batch_norm, train=train,
                                   gradients=self.gradients)
+        lite = cfg.head == "lite"
         for i, extra in enumerate(cfg.extras, start=1):
-            x = layer(x, extra.mid, 1, name=f"extra{i}_1")
-            x = layer(x, extra.out, extra.kernel, stride=extra.stride, padding=extra.padding, name=f"extra{i}_2")
+            activation = "relu6" if lite else "relu"
+            x = layer(x, extra.mid, 1, activation=activation, name=f"extra{i}_1")
+            if lite:  # depthwise on the mid channels, then 1x1 to the output
+                x = layer(x, extra.mid, extra.kernel, stride=extra.stride, padding=extra.padding, groups=extra.mid,
+                          activation=activation, name=f"extra{i}_dw")
+                x = layer(x, extra.out, 1, activation=activation, name=f"extra{i}_2")
+            else:
+                x = layer(x, extra.out, extra.kernel, stride=extra.stride, padding=extra.padding,
+                          activation=activation, name=f"extra{i}_2")
             sources.append(x)
 
         locations, logits = [], []
         for i, (source, boxes) in enumerate(zip(sources, cfg.boxes_per_location)):
-            loc = conv(boxes * 4, 3, padding=1, name=f"loc_{i}", dtype=self.dtype, gradients=self.gradients)(source)
-            cls = conv(boxes * cfg.num_classes, 3, padding=1, name=f"conf_{i}", dtype=self.dtype,
-                       gradients=self.gradients)(source)
-            locations.append(flatten_head(loc, 4))
-            logits.append(flatten_head(cls, cfg.num_classes))
+            outputs = []
+            for kind, width in (("loc", 4), ("conf", cfg.num_classes)):
+                y, kernel, padding = source, 3, 1
+                if lite:  # SSDLite: depthwise 3x3 + BatchNorm + ReLU6, then a 1x1 prediction
+                    y = layer(y, y.shape[-1], 3, padding=1, groups=y.shape[-1], activation="relu6",
+                              name=f"{kind}_{i}_dw")
+                    kernel, padding = 1, 0
+                outputs.append(conv(boxes * width, kernel, padding=padding, name=f"{kind}_{i}", dtype=self.dtype,
+                                    gradients=self.gradients)(y))
+            locations.append(flatten_head(outputs[0], 4))
+            logits.append(flatten_head(outputs[1], cfg.num_classes))
         return (jnp.concatenate(locations, axis=1).astype(jnp.float32),
                 jnp.concatenate(logits, axis=1).astype(jnp.float32))
 

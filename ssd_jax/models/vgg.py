@@ -9,29 +9,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssd_jax.configs import VGG16_BLOCK_DEPTHS
-from ssd_jax.models.fast_grads import conv_for, max_pool
-
-# Xavier-uniform weights and zero biases, as the reference SSD initialises its new layers.
-kernel_init = nn.initializers.xavier_uniform()
-
-
-def conv(features: int, kernel: int, *, name: str, dtype: Any, stride: int = 1, padding: int = 0,
-         dilation: int = 1, gradients: str = "xla") -> nn.Conv:
-    """A square NHWC convolution with explicit symmetric padding (Caffe/PyTorch semantics);
-    ``gradients`` picks its gradient rule (``ssd_jax.models.fast_grads``)."""
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
-        kernel_dilation=(dilation, dilation),
-        kernel_init=kernel_init,
-        bias_init=nn.initializers.zeros,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        conv_general_dilated=conv_for(gradients),
-        name=name,
-    )
+from ssd_jax.models.fast_grads import max_pool
+from ssd_jax.models.layers import conv_relu
 
 
 def max_pool_2x2(x, *, ceil_mode: bool = False, gradients: str = "xla"):
@@ -60,31 +39,9 @@ class L2Norm(nn.Module):
         return (normalised * scale).astype(x.dtype)
 
 
-BATCH_NORM_MOMENTUM = 0.9  # short schedules: the running averages must follow the weights quickly
-BATCH_NORM_EPSILON = 1e-5
-BATCH_NORM_SUFFIX = "_bn"  # a BatchNorm is named after its convolution, plus this
-
-
-def batch_norm(x, name: str, *, train: bool):
-    """The BatchNorm that ``batch_norm=True`` models put between a convolution ``name`` and its
-    ReLU, named ``name + BATCH_NORM_SUFFIX`` (``fold_batch_norm`` relies on the name). Statistics
-    of the batch in training (the global batch, when sharded over devices), running averages
-    otherwise."""
-    return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON,
-                        dtype=jnp.float32, name=name + BATCH_NORM_SUFFIX)(x)
-
-
-def conv_relu(x, features: int, kernel: int, *, name: str, dtype: Any, norm: bool, train: bool, **options):
-    """conv -> (BatchNorm if ``norm``) -> ReLU."""
-    x = conv(features, kernel, name=name, dtype=dtype, **options)(x)
-    if norm:
-        x = batch_norm(x, name, train=train).astype(dtype)
-    return nn.relu(x)
-
-
 class VGG16Base(nn.Module):
-    """[B, S, S, 3] mean-subtracted RGB -> (conv4_3, after L2Norm unless ``l2norm_scale`` is None;
-    fc7), both NHWC.
+    """[B, S, S, 3] normalised RGB -> [conv4_3, after L2Norm unless ``l2norm_scale`` is None;
+    fc7], both NHWC.
 
     Pools 1, 2 and 4 are 2x2/2, pool3 rounds up (75 -> 38 for SSD300), pool5 is 3x3/1/pad 1;
     fc6 is a 3x3 conv with dilation 6 and fc7 a 1x1 conv, ReLU after each. ``batch_norm`` adds a
@@ -115,4 +72,4 @@ class VGG16Base(nn.Module):
         x = max_pool(x, 3, 1, ((1, 1), (1, 1)), gradients=self.gradients)  # pool5
         x = layer(x, self.fc_width, 3, padding=6, dilation=6, name="fc6")
         x = layer(x, self.fc_width, 1, name="fc7")
-        return conv4_3, x
+        return [conv4_3, x]
