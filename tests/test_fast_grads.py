@@ -1,5 +1,7 @@
 """The CPU derivative rules of convolution and max pooling give lax's values and gradients."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -144,3 +146,23 @@ def test_training_gradients_follow_the_device():
     assert fast_grads.training_gradients("tpu") == "xla"
     with pytest.raises(ValueError, match="gradients must be one of"):
         fast_grads.conv_for("quick")
+
+
+@pytest.mark.parametrize("kernel, stride, dilation", [(3, 1, 1), (3, 2, 1), (5, 2, 1), (3, 1, 2)])
+def test_depthwise_taps_equal_lax_with_gradients(kernel, stride, dilation):
+    """Depthwise convolutions on the CPU run as kernel taps: values and both gradients as lax's."""
+    rng = np.random.default_rng(kernel + stride)
+    x = jnp.asarray(rng.normal(size=(2, 11, 11, 6)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, 1, 6)), jnp.float32)
+    pad = dilation * (kernel - 1) // 2
+    options = dict(window_strides=(stride, stride), padding=((pad, pad), (pad, pad)), rhs_dilation=(dilation, dilation),
+                   dimension_numbers=jax.lax.conv_dimension_numbers(x.shape, w.shape, fast_grads.NHWC),
+                   feature_group_count=6)
+
+    def loss(conv_fn, x, w):
+        return jnp.sum(jnp.sin(conv_fn(x, w, **options)))
+
+    ours = jax.value_and_grad(functools.partial(loss, fast_grads.depthwise_as_taps), argnums=(0, 1))(x, w)
+    theirs = jax.value_and_grad(functools.partial(loss, jax.lax.conv_general_dilated), argnums=(0, 1))(x, w)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
