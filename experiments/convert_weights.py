@@ -1,4 +1,5 @@
-r"""Converts published SSD / VGG16 weights into an ssd_jax parameter checkpoint.
+r"""Converts published SSD weights (torchvision, amdegroot, Caffe) or ImageNet backbones into an
+ssd_jax parameter checkpoint.
 
 Examples:
   # torchvision's COCO model (ssd300_vgg16_coco-b556d3b4.pth), 91 classes:
@@ -13,6 +14,10 @@ Examples:
   # ImageNet VGG16 with the reduced fc6/fc7 (vgg16_reducedfc.pth, Caffe BGR) for training:
   python experiments/convert_weights.py --format=vgg16 --bgr --input=vgg16_reducedfc.pth \
       --output=checkpoints/vgg16_reducedfc
+  # a Caffe SSD: weiliu89's VGG16 SSD300, or OpenCV's res10 face detector (BGR mean 104, 177, 123):
+  python experiments/convert_weights.py --format=caffe --prototxt=deploy.prototxt \
+      --input=res10_300x300_ssd_iter_140000.caffemodel --mean_bgr=104,177,123 --class_names=face \
+      --output=checkpoints/res10_faces
   # torchvision's ImageNet ResNet-50 / MobileNetV3-Large as the backbone of ssd300_resnet50 /
   # ssdlite320_mobilenet_v3_large_full (train with --config.init_backbone=DIR):
   python experiments/convert_weights.py --format=resnet50 --input=resnet50-11ad3fa6.pth \
@@ -33,8 +38,15 @@ from absl import app, flags, logging
 
 from ssd_jax import checkpoint, classes, configs, weights
 
-FLAGS = flags.DEFINE_enum("format", None, ["torchvision", "amdegroot", "vgg16", "resnet50", "mobilenet_v3_large"],
-                          "Layout of the input weights: an SSD (torchvision, amdegroot) or an ImageNet backbone.")
+FLAGS = flags.DEFINE_enum("format", None, ["torchvision", "amdegroot", "caffe", "vgg16", "resnet50",
+                                           "mobilenet_v3_large"],
+                          "Layout of the input weights: an SSD (torchvision, amdegroot, caffe) or an ImageNet "
+                          "backbone.")
+PROTOTXT = flags.DEFINE_string("prototxt", None, "caffe only: the deploy prototxt of --input (a .caffemodel).")
+MEAN_BGR = flags.DEFINE_list("mean_bgr", None, "caffe only: the BGR mean the model was trained with (default: "
+                             "the prototxt's transform_param, else weiliu89's 104,117,123).")
+CLASS_NAMES = flags.DEFINE_list("class_names", None, "Names of classes 1..C-1, stored with the checkpoint "
+                                "(default: COCO's or VOC's when the class count is theirs).")
 INPUT = flags.DEFINE_string("input", None, "Weight file: .pth, .pt, .npz or .safetensors.")
 OUTPUT = flags.DEFINE_string("output", None, "Directory to write the ssd_jax checkpoint to.")
 CONFIG = flags.DEFINE_string("config", None, "Preset to convert into (default: inferred from the layers: "
@@ -48,9 +60,28 @@ TORCHVISION_NORM = flags.DEFINE_bool(
 OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing checkpoint at --output.")
 
 
+def save_ssd(params, config) -> None:
+    names = CLASS_NAMES.value or classes.names_for_class_count(config.num_classes)  # COCO / VOC by count
+    if names and len(names) != config.num_classes - 1:
+        raise ValueError(f"--class_names has {len(names)} names; the model has {config.num_classes - 1} classes")
+    checkpoint.save_params(OUTPUT.value, params, config, metadata={"class_names": list(names)} if names else None,
+                           overwrite=OVERWRITE.value)
+    count = sum(np.size(a) for a in jax.tree.leaves(params))
+    print(f"wrote {config.name} ({config.num_classes} classes, {count:,} parameters) to {OUTPUT.value}")
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes
+    if FLAGS.value == "caffe":
+        if not PROTOTXT.value:
+            raise ValueError("--format=caffe needs --prototxt (the deploy prototxt of the caffemodel)")
+        mean = tuple(float(m) for m in MEAN_BGR.value) if MEAN_BGR.value else None
+        if mean is not None and len(mean) != 3:
+            raise ValueError(f"--mean_bgr needs three numbers (B, G, R), got {MEAN_BGR.value}")
+        params, config = weights.from_caffe(PROTOTXT.value, INPUT.value, mean_bgr=mean)
+        save_ssd(params, config)
+        return
     state_dict = weights.load_state_dict(INPUT.value)
     print(f"read {len(state_dict)} arrays, {sum(a.size for a in state_dict.values()):,} values, from {INPUT.value}")
     if FLAGS.value == "vgg16":
@@ -81,11 +112,7 @@ def main(argv):
         config = (configs.get(CONFIG.value, num_classes=num_classes) if CONFIG.value
                   else weights.amdegroot_config(state_dict))
         params = weights.from_amdegroot(state_dict, config)
-    names = classes.names_for_class_count(config.num_classes)  # COCO for torchvision's, VOC for amdegroot's
-    checkpoint.save_params(OUTPUT.value, params, config, metadata={"class_names": list(names)} if names else None,
-                           overwrite=OVERWRITE.value)
-    count = sum(np.size(a) for a in jax.tree.leaves(params))
-    print(f"wrote {config.name} ({config.num_classes} classes, {count:,} parameters) to {OUTPUT.value}")
+    save_ssd(params, config)
 
 
 if __name__ == "__main__":
@@ -94,5 +121,5 @@ if __name__ == "__main__":
         app.run(main)
     # A missing, unreadable or unfitting weight file, an unknown --config, an existing --output:
     # the message names the problem, a traceback would only hide it.
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:  # CaffeImportError too
         sys.exit(f"error: {error}")

@@ -17,8 +17,8 @@ from ssd_jax.priors import priors
 __version__ = "0.1.0"
 
 # Loaded on first attribute access: some import TensorFlow (data, train) or orbax (checkpoint).
-_LAZY_SUBMODULES = ("checkpoint", "classes", "data", "evaluation", "image_io", "models", "train", "visualize",
-                    "weights", "workdir")
+_LAZY_SUBMODULES = ("caffe", "checkpoint", "classes", "data", "evaluation", "export", "image_io", "models", "train",
+                    "visualize", "weights", "workdir")
 
 
 def __getattr__(name):

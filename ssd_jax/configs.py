@@ -42,8 +42,10 @@ TORCHVISION_MEAN_RGB = (0.48235 * 255, 0.45882 * 255, 0.40784 * 255)
 PRIOR_CLIP_MODES = ("none", "wh", "all")
 # Convolutions per block of VGG16 (conv1_1, conv1_2 | conv2_1, conv2_2 | conv3_1 .. conv3_3 | ...).
 VGG16_BLOCK_DEPTHS = (2, 2, 3, 3, 3)
-# Base networks: the module of ssd_jax.models for each, and how many source maps it gives.
-BACKBONE_SOURCES = {"vgg16": 2, "mobilenet_v3_large": 2, "resnet50": 1}
+# Base networks: the module of ssd_jax.models for each, and how many source maps it gives
+# ("caffe": a network read from a Caffe prototxt, with its own sources: SSDConfig.caffe_sources).
+BACKBONE_SOURCES = {"vgg16": 2, "mobilenet_v3_large": 2, "resnet50": 1, "caffe": None}
+CAFFE_LAYER_KINDS = ("conv", "affine", "relu", "max_pool", "avg_pool", "eltwise_sum", "normalize", "concat")
 # Heads (and extra layers): 'plain' 3x3 convolutions with ReLU (the paper), or 'lite' (SSDLite:
 # depthwise 3x3 + BatchNorm + ReLU6, then a 1x1 convolution; extra layers 1x1 -> depthwise 3x3
 # -> 1x1, ReLU6).
@@ -69,6 +71,53 @@ class ExtraLayer:
 
 
 @dataclasses.dataclass(frozen=True)
+class CaffeLayer:
+    """One layer of a network imported from Caffe (``ssd_jax.caffe``), run by
+    ``ssd_jax.models.caffe_net.CaffeNet``. ``inputs`` and ``output`` name blob versions (a blob
+    written in place gets a new version). Kinds: conv (``features``, ``kernel``, ``stride``,
+    ``pad``, ``dilation``, ``groups``), affine (per-channel gain and shift: BatchNorm and Scale
+    that could not fold into a convolution), relu (``slope`` for negative inputs), max_pool and
+    avg_pool (Caffe's rounding up; ``kernel`` 0: global), eltwise_sum, normalize (L2 across
+    channels, learned scale, ``eps``), concat (channels)."""
+
+    kind: str
+    name: str
+    inputs: tuple[str, ...]
+    output: str
+    features: int = 0
+    kernel: int = 1
+    stride: int = 1
+    pad: int = 0
+    dilation: int = 1
+    groups: int = 1
+    slope: float = 0.0
+    eps: float = 0.0
+
+
+def caffe_output_size(layer: CaffeLayer, size: int) -> int:
+    """Spatial size of ``layer``'s output for an input of ``size``: convolutions round down,
+    Caffe's pooling rounds up (but never starts a window in the bottom/right padding)."""
+    if layer.kind == "conv":
+        return (size + 2 * layer.pad - layer.dilation * (layer.kernel - 1) - 1) // layer.stride + 1
+    if layer.kind in ("max_pool", "avg_pool"):
+        if layer.kernel == 0:
+            return 1
+        out = -(-(size + 2 * layer.pad - layer.kernel) // layer.stride) + 1
+        if layer.pad and (out - 1) * layer.stride >= size + layer.pad:
+            out -= 1
+        return out
+    return size
+
+
+def caffe_blob_sizes(layers: tuple[CaffeLayer, ...], input_blob: str, image_size: int) -> dict[str, int]:
+    """Spatial size of every blob version of an imported Caffe network."""
+    sizes = {input_blob: image_size}
+    for layer in layers:
+        sizes[layer.output] = caffe_output_size(layer, sizes[layer.inputs[0]])
+    return sizes
+
+
+@dataclasses.dataclass(frozen=True)
 class SSDConfig:
     """Everything that fixes an SSD model's shapes and box conventions.
 
@@ -90,6 +139,10 @@ class SSDConfig:
     # MobileNetV3: the last stage at half width (160 -> 80 channels, last layer 960 -> 480), as
     # torchvision builds SSDLite without an ImageNet backbone (so its COCO weights have it).
     reduced_tail: bool = False
+    # backbone "caffe": the imported network's layers, its input blob and the blobs the heads read.
+    caffe_layers: tuple[CaffeLayer, ...] = ()
+    caffe_input: str = "data"
+    caffe_sources: tuple[str, ...] = ()
     # VGG16 widths: blocks conv1..conv5, fc6/fc7; convolutions per VGG block.
     backbone_widths: tuple[int, int, int, int, int] = (64, 128, 256, 512, 512)
     backbone_depths: tuple[int, int, int, int, int] = VGG16_BLOCK_DEPTHS
@@ -104,12 +157,17 @@ class SSDConfig:
     mean_rgb: tuple[float, float, float] = IMAGENET_MEAN_RGB
     std_rgb: tuple[float, float, float] = (1.0, 1.0, 1.0)
     l2norm_scale: float | None = 20.0  # initial scale of conv4_3's L2Norm; None: no L2Norm
+    # detect's post-processing defaults for this model (score_threshold, iou_threshold,
+    # pre_nms_top_k, max_detections), e.g. a Caffe model's DetectionOutput; None: SSD's.
+    postprocess: tuple[float, float, int, int] | None = None
 
     def __post_init__(self):
         validate(self)
 
     @property
     def num_sources(self) -> int:
+        if self.backbone == "caffe":
+            return len(self.caffe_sources) + len(self.extras)
         return BACKBONE_SOURCES.get(self.backbone, 2) + len(self.extras)
 
     @property
@@ -150,10 +208,15 @@ def backbone_feature_map_sizes(backbone: str, image_size: int) -> list[int]:
 
 
 def architecture_feature_map_sizes(
-    image_size: int, extras: tuple[ExtraLayer, ...], backbone: str = "vgg16"
+    image_size: int, extras: tuple[ExtraLayer, ...], backbone: str = "vgg16", config: SSDConfig | None = None
 ) -> tuple[int, ...]:
-    """Spatial sizes of the source maps that ``backbone`` and ``extras`` produce from ``image_size``."""
-    sizes = backbone_feature_map_sizes(backbone, image_size)
+    """Spatial sizes of the source maps that ``backbone`` and ``extras`` produce from ``image_size``
+    (a "caffe" backbone takes its layers from ``config``)."""
+    if backbone == "caffe":
+        blobs = caffe_blob_sizes(config.caffe_layers, config.caffe_input, image_size)
+        sizes = [blobs[source] for source in config.caffe_sources]
+    else:
+        sizes = backbone_feature_map_sizes(backbone, image_size)
     size = sizes[-1]
     for extra in extras:
         size = _conv_out(size, extra.kernel, extra.stride, extra.padding)
@@ -168,6 +231,8 @@ def validate(config: SSDConfig) -> None:
         raise ValueError(f"{name}: backbone must be one of {sorted(BACKBONE_SOURCES)}, got {config.backbone!r}")
     if config.head not in HEADS:
         raise ValueError(f"{name}: head must be one of {HEADS}, got {config.head!r}")
+    if config.backbone == "caffe":
+        _validate_caffe(config, name)
     if len(config.std_rgb) != 3 or min(config.std_rgb) <= 0:
         raise ValueError(f"{name}: std_rgb must be three positive numbers, got {config.std_rgb}")
     if config.num_classes < 2:
@@ -185,10 +250,10 @@ def validate(config: SSDConfig) -> None:
         if len(values) != config.num_sources:
             raise ValueError(
                 f"{name}: {field} has {len(values)} entries but the model has {config.num_sources} "
-                f"source feature maps ({BACKBONE_SOURCES[config.backbone]} of {config.backbone} and "
+                f"source feature maps ({config.num_sources - len(config.extras)} of {config.backbone} and "
                 f"{len(config.extras)} extra layers)"
             )
-    expected = architecture_feature_map_sizes(config.image_size, config.extras, config.backbone)
+    expected = architecture_feature_map_sizes(config.image_size, config.extras, config.backbone, config)
     if min(expected) < 1:
         raise ValueError(f"{name}: image_size {config.image_size} is too small for these layers: sizes {expected}")
     if tuple(config.feature_map_sizes) != expected:
@@ -213,6 +278,22 @@ def validate(config: SSDConfig) -> None:
         raise ValueError(f"{name}: backbone_depths needs 5 positive convolution counts, got {config.backbone_depths}")
     if config.l2norm_scale is not None and config.l2norm_scale <= 0:
         raise ValueError(f"{name}: l2norm_scale must be positive or None, got {config.l2norm_scale}")
+
+
+def _validate_caffe(config: SSDConfig, name: str) -> None:
+    known = {config.caffe_input}
+    for layer in config.caffe_layers:
+        if layer.kind not in CAFFE_LAYER_KINDS:
+            raise ValueError(f"{name}: Caffe layer {layer.name!r} has unknown kind {layer.kind!r}")
+        missing = [blob for blob in layer.inputs if blob not in known]
+        if missing or not layer.inputs:
+            raise ValueError(f"{name}: Caffe layer {layer.name!r} reads {missing or 'nothing'}, not written before it")
+        known.add(layer.output)
+    if not config.caffe_sources or any(source not in known for source in config.caffe_sources):
+        raise ValueError(f"{name}: caffe_sources {config.caffe_sources} must name blobs of caffe_layers")
+    if config.postprocess is not None and len(config.postprocess) != 4:
+        raise ValueError(f"{name}: postprocess must be (score_threshold, iou_threshold, pre_nms_top_k, "
+                         f"max_detections), got {config.postprocess}")
 
 
 _SSD300_EXTRAS = (
@@ -412,6 +493,8 @@ def from_dict(values: dict) -> SSDConfig:
     """Inverse of ``to_dict``; validates the result. Accepts the dicts of earlier versions."""
     values = {key: value for key, value in values.items() if key not in _FORMER_FIELDS}
     values["extras"] = tuple(ExtraLayer(**extra) for extra in values.get("extras", ()))
+    values["caffe_layers"] = tuple(CaffeLayer(**{k: tuple(v) if isinstance(v, list) else v for k, v in layer.items()})
+                                   for layer in values.get("caffe_layers", ()))
     values["aspect_ratios"] = tuple(tuple(r) for r in values["aspect_ratios"])
     for key, value in values.items():
         if isinstance(value, list):

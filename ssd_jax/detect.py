@@ -154,10 +154,10 @@ def detect(
     images,
     *,
     config: SSDConfig | None = None,
-    score_threshold: float = DEFAULTS.score_threshold,
-    iou_threshold: float = DEFAULTS.iou_threshold,
-    pre_nms_top_k: int = DEFAULTS.pre_nms_top_k,
-    max_detections: int = DEFAULTS.max_detections,
+    score_threshold: float | None = None,
+    iou_threshold: float | None = None,
+    pre_nms_top_k: int | None = None,
+    max_detections: int | None = None,
     dtype: Any = jnp.float32,
     network_batch: int | None = None,
 ) -> Detections:
@@ -176,7 +176,9 @@ def detect(
         read for that (it would copy them to the host): check them yourself, as NaN there gives
         meaningless detections (or none), without an error.
       config: the model config; defaults to ``configs.ssd300()`` (VOC, 21 classes).
-      score_threshold, iou_threshold, pre_nms_top_k, max_detections: SSD's post-processing.
+      score_threshold, iou_threshold, pre_nms_top_k, max_detections: SSD's post-processing;
+        None: the config's (``config.postprocess``, e.g. an imported Caffe model's
+        DetectionOutput), else SSD's 0.01, 0.45, 400 and 200 (``nms.DEFAULTS``).
       dtype: compute dtype of the network, e.g. ``jnp.bfloat16`` (parameters stay float32).
       network_batch: run the network on at most this many images at a time (one program still);
         None: 32 for float32 on a GPU (larger float32 batches run 13 times slower there), else all.
@@ -188,6 +190,11 @@ def detect(
     reuse it. ``detect`` can run inside the caller's ``jax.jit``.
     """
     config = configs.ssd300() if config is None else config
+    defaults = DEFAULTS._make(config.postprocess) if config.postprocess is not None else DEFAULTS
+    score_threshold = defaults.score_threshold if score_threshold is None else score_threshold
+    iou_threshold = defaults.iou_threshold if iou_threshold is None else iou_threshold
+    pre_nms_top_k = defaults.pre_nms_top_k if pre_nms_top_k is None else pre_nms_top_k
+    max_detections = defaults.max_detections if max_detections is None else max_detections
     if isinstance(images, (list, tuple)):
         images = [_as_array(image) for image in images]
     check_images(images)

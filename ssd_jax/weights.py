@@ -4,6 +4,7 @@ Sources:
   * torchvision's ``ssd300_vgg16`` state dict          -> ``from_torchvision``
   * amdegroot-style VOC checkpoints (``vgg.*``, ``L2Norm.weight``, ``extras.*``, ``loc.*``,
     ``conf.*``; trained on BGR input)                   -> ``from_amdegroot``
+  * Caffe SSD models (deploy prototxt + caffemodel)     -> ``from_caffe`` (``ssd_jax.caffe``)
   * ImageNet VGG16 features for training, optionally with the reduced fc6/fc7
     (torchvision ``features.*``/``classifier.*`` or bare ``0..33`` keys) -> ``from_vgg16``
 
@@ -427,6 +428,15 @@ def from_resnet50(state_dict: Mapping) -> dict:
             if block == 0:
                 keys[f"layer{layer}_0_downsample"] = ConvBN(f"{prefix}.downsample.0", f"{prefix}.downsample.1")
     return _backbone_import(state_dict, keys, ignore=("layer4.", "fc."), bn_eps=1e-5)
+
+
+def from_caffe(prototxt: str | os.PathLike, caffemodel: str | os.PathLike, *,
+               mean_bgr: tuple[float, float, float] | None = None) -> tuple[dict, SSDConfig]:
+    """A Caffe SSD (deploy prototxt + caffemodel, e.g. weiliu89's VGG16 SSDs or OpenCV's res10
+    face detector) -> (params, config); see ``ssd_jax.caffe``. Needs no Caffe and runs no code."""
+    from ssd_jax import caffe
+
+    return caffe.from_caffe(prototxt, caffemodel, mean_bgr=mean_bgr)
 
 
 def merge_backbone(params: dict, backbone: dict) -> dict:

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssd_jax.configs import SSDConfig
+from ssd_jax.models.caffe_net import CaffeNet
 from ssd_jax.models.layers import conv, conv_act
 from ssd_jax.models.mobilenet_v3 import MobileNetV3Large
 from ssd_jax.models.resnet import ResNet50Base
@@ -29,6 +30,8 @@ BACKBONES = {
     "vgg16": _vgg16,
     "mobilenet_v3_large": lambda cfg, **options: MobileNetV3Large(reduced_tail=cfg.reduced_tail, **options),
     "resnet50": lambda cfg, **options: ResNet50Base(**options),
+    "caffe": lambda cfg, **options: CaffeNet(layers=cfg.caffe_layers, sources=cfg.caffe_sources,
+                                             input_blob=cfg.caffe_input, **options),
 }
 
 
@@ -128,10 +131,12 @@ def init(rng: jax.Array, config: SSDConfig) -> dict:
     def fill(path, leaf):
         nonlocal offset
         name = path[-1].key
-        if name == "bias":
+        if name in ("bias", "shift"):
             return jnp.zeros(leaf.shape, jnp.float32)
+        if name == "gain":
+            return jnp.ones(leaf.shape, jnp.float32)
         if name == "scale":
-            return jnp.full(leaf.shape, config.l2norm_scale, jnp.float32)
+            return jnp.full(leaf.shape, config.l2norm_scale or 20.0, jnp.float32)
         size = int(np.prod(leaf.shape))
         receptive = int(np.prod(leaf.shape[:-2]))  # HWIO
         limit = np.sqrt(6.0 / (receptive * (leaf.shape[-2] + leaf.shape[-1])))

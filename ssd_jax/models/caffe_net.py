@@ -1,0 +1,101 @@
+"""A network imported from Caffe, run layer by layer: the base network of ``backbone="caffe"``.
+
+The layers (``configs.CaffeLayer``) come from ``ssd_jax.caffe``, which has already folded
+BatchNorm and Scale into the convolutions they follow, so what remains is a short list of
+kinds. Parameters are named after the Caffe layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import lax
+
+from ssd_jax.configs import CaffeLayer, caffe_blob_sizes
+from ssd_jax.models.layers import conv
+
+
+class Affine(nn.Module):
+    """x * gain + shift per channel (a BatchNorm and/or Scale that follows no convolution)."""
+
+    @nn.compact
+    def __call__(self, x):
+        gain = self.param("gain", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+        shift = self.param("shift", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+        return (x * gain + shift).astype(x.dtype)
+
+
+class Normalize(nn.Module):
+    """Caffe's Normalize (across channels): x / sqrt(sum of squares + eps) * scale per channel."""
+
+    eps: float = 1e-10
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.constant(20.0), (x.shape[-1],), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        norm = jnp.sqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (x32 / norm * scale).astype(x.dtype)
+
+
+def caffe_pool(x, layer: CaffeLayer, out_size: int):
+    """Caffe's max or average pooling of x [B, H, W, C] (H = W), ``out_size`` from its rounding up.
+
+    The windows past the bottom/right edge that rounding up adds see -inf (max) or count nothing
+    (average); an average divides by the window clipped to the padded image, as Caffe does.
+    """
+    size = x.shape[1]
+    kernel, stride, pad = (size, 1, 0) if layer.kernel == 0 else (layer.kernel, layer.stride, layer.pad)
+    extra = max(0, (out_size - 1) * stride + kernel - (size + 2 * pad))
+    window, strides = (1, kernel, kernel, 1), (1, stride, stride, 1)
+    padding = ((0, 0), (pad, pad + extra), (pad, pad + extra), (0, 0))
+    if layer.kind == "max_pool":
+        return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, window, strides, padding)
+    total = lax.reduce_window(x.astype(jnp.float32), 0.0, lax.add, window, strides, padding)
+    inside = jnp.pad(jnp.ones((1, size + 2 * pad, size + 2 * pad, 1), jnp.float32),
+                     ((0, 0), (0, extra), (0, extra), (0, 0)))
+    count = lax.reduce_window(inside, 0.0, lax.add, window, strides, ((0, 0),) * 4)
+    return (total / count).astype(x.dtype)
+
+
+class CaffeNet(nn.Module):
+    """normalised images [B, S, S, 3] -> the blobs named by ``sources``, NHWC."""
+
+    layers: tuple[CaffeLayer, ...]
+    sources: tuple[str, ...]
+    input_blob: str = "data"
+    dtype: Any = jnp.float32
+    gradients: str = "xla"
+    batch_norm: bool = False  # imported networks run with their BatchNorms folded
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        del train
+        sizes = caffe_blob_sizes(self.layers, self.input_blob, x.shape[1])
+        blobs = {self.input_blob: x}
+        for layer in self.layers:
+            inputs = [blobs[name] for name in layer.inputs]
+            if layer.kind == "conv":
+                y = conv(layer.features, layer.kernel, stride=layer.stride, padding=layer.pad,
+                         dilation=layer.dilation, groups=layer.groups, name=layer.name, dtype=self.dtype,
+                         gradients=self.gradients)(inputs[0])
+            elif layer.kind == "affine":
+                y = Affine(name=layer.name)(inputs[0])
+            elif layer.kind == "relu":
+                y = jnp.where(inputs[0] > 0, inputs[0], inputs[0] * layer.slope) if layer.slope else nn.relu(inputs[0])
+            elif layer.kind in ("max_pool", "avg_pool"):
+                y = caffe_pool(inputs[0], layer, sizes[layer.output])
+            elif layer.kind == "eltwise_sum":
+                y = sum(inputs[1:], inputs[0])
+            elif layer.kind == "normalize":
+                y = Normalize(eps=layer.eps, name=layer.name)(inputs[0])
+            elif layer.kind == "concat":
+                y = jnp.concatenate(inputs, axis=-1)
+            else:
+                raise ValueError(f"Caffe layer {layer.name!r}: unknown kind {layer.kind!r}")
+            blobs[layer.output] = y
+        return [blobs[name] for name in self.sources]
+
+
