@@ -29,11 +29,13 @@ OUT = flags.DEFINE_string("out", None, "Where to write it (a file; a directory f
 BATCH = flags.DEFINE_integer("batch", 1, "TFLite and ONNX: the fixed batch size.", lower_bound=1)
 INPUT_SIZE = flags.DEFINE_integer("input_size", None, "TFLite and ONNX: the fixed image side (default: the "
                                   "model's); resized inside to the model's.", lower_bound=1)
-SCORE = flags.DEFINE_float("score_threshold", 0.01, "Post-processing: minimum class score.", lower_bound=0.0,
+# Post-processing flags default to detect's defaults for the model: SSD's 0.01, 0.45, 400, 200, or
+# an imported Caffe model's own DetectionOutput settings.
+SCORE = flags.DEFINE_float("score_threshold", None, "Post-processing: minimum class score.", lower_bound=0.0,
                            upper_bound=1.0)
-IOU = flags.DEFINE_float("iou_threshold", 0.45, "Post-processing: NMS IoU.", lower_bound=0.0, upper_bound=1.0)
-TOP_K = flags.DEFINE_integer("pre_nms_top_k", 400, "Post-processing: candidates per class.", lower_bound=1)
-MAX_DETECTIONS = flags.DEFINE_integer("max_detections", 200, "Post-processing: K, detections per image.",
+IOU = flags.DEFINE_float("iou_threshold", None, "Post-processing: NMS IoU.", lower_bound=0.0, upper_bound=1.0)
+TOP_K = flags.DEFINE_integer("pre_nms_top_k", None, "Post-processing: candidates per class.", lower_bound=1)
+MAX_DETECTIONS = flags.DEFINE_integer("max_detections", None, "Post-processing: K, detections per image.",
                                       lower_bound=1)
 
 
@@ -67,7 +69,9 @@ def main(argv):
     from ssd_jax import export
     from ssd_jax.nms import PostprocessOptions
 
-    options = PostprocessOptions(SCORE.value, IOU.value, TOP_K.value, MAX_DETECTIONS.value)
+    given = (SCORE.value, IOU.value, TOP_K.value, MAX_DETECTIONS.value)
+    options = PostprocessOptions(*(default if value is None else value
+                                   for value, default in zip(given, export.default_options(config))))
     try:
         path = export.export(params, config, OUT.value, format=FORMAT.value, options=options,
                              class_names=class_names, batch=BATCH.value, input_size=INPUT_SIZE.value)

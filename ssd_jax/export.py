@@ -275,9 +275,17 @@ def to_onnx(params, config: SSDConfig, path: str, *, options: PostprocessOptions
 EXPORTERS = {"stablehlo": to_stablehlo, "savedmodel": to_savedmodel, "tflite": to_tflite, "onnx": to_onnx}
 
 
-def export(params, config: SSDConfig, path: str, *, format: str, options: PostprocessOptions = DEFAULTS,
+def default_options(config: SSDConfig) -> PostprocessOptions:
+    """detect's post-processing defaults for ``config``: its own (an imported Caffe model's
+    DetectionOutput) or SSD's."""
+    return DEFAULTS if config.postprocess is None else PostprocessOptions(*config.postprocess)
+
+
+def export(params, config: SSDConfig, path: str, *, format: str, options: PostprocessOptions | None = None,
            class_names=None, batch: int = 1, input_size: int | None = None) -> str:
-    """Writes ``format`` (one of ``FORMATS``) of the detector to ``path``; returns it."""
+    """Writes ``format`` (one of ``FORMATS``) of the detector to ``path``; returns it. ``options``:
+    the post-processing baked in (default: ``default_options(config)``, as ``detect``)."""
+    options = default_options(config) if options is None else options
     if format not in EXPORTERS:
         raise ExportError(f"unknown format {format!r}; choose one of {list(FORMATS)}")
     if batch < 1 or (input_size is not None and input_size < 1):
