@@ -42,17 +42,18 @@ class CaffeImportError(ValueError):
 
 
 # ----------------------------------------------------------------------------- protobuf text format
-_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|[{}:;,\[\]<>]|[^\s{}:;,\[\]<>"\'#]+')
+# Strings first (a '#' or brace inside one is text), then comments (dropped), then the rest.
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|#[^\n]*|[{}:;,\[\]<>]|[^\s{}:;,\[\]<>"\'#]+')
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r"}
 
 
 def _tokens(text: str) -> list[str]:
-    text = "\n".join(line.split("#", 1)[0] if '"' not in line else line for line in text.splitlines())
-    return _TOKEN.findall(text)
+    return [token for token in _TOKEN.findall(text) if not token.startswith("#")]
 
 
 def _scalar(token: str):
-    if token[0] in "\"'":
-        return bytes(token[1:-1], "utf-8").decode("unicode_escape")
+    if token[0] in "\"'":  # the escapes of the text format; other characters as they are (UTF-8 names)
+        return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), token[1:-1])
     if token in ("true", "True"):
         return True
     if token in ("false", "False"):
@@ -204,7 +205,7 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
                     blobs.append(_blob(field_value))
             if name is not None and blobs:
                 weights[name] = blobs
-    except (IndexError, UnicodeDecodeError, CaffeImportError) as error:
+    except (IndexError, ValueError, UnicodeDecodeError) as error:  # CaffeImportError is a ValueError
         raise CaffeImportError(f"{path} is not a readable caffemodel (truncated or not a NetParameter): "
                                f"{error}") from error
     if not weights:
@@ -325,14 +326,18 @@ def _pool_spec(layer: dict, name: str) -> dict:
         raise CaffeImportError(f"Pooling {name!r}: pool {method} is not supported (MAX, AVE)")
     if _one(p, "global_pooling", False):
         return {"kind": kinds[method], "kernel": 0, "stride": 1, "pad": 0}
+    if _one(p, "round_mode", "CEIL") not in ("CEIL", 0):
+        raise CaffeImportError(f"Pooling {name!r}: round_mode {_one(p, 'round_mode')} is not supported (CEIL)")
     return {"kind": kinds[method], "kernel": _size(p, "kernel_size", 1), "stride": _size(p, "stride", 1),
             "pad": _size(p, "pad", 0)}
 
 
 def _is_test_only_excluded(layer: dict) -> bool:
-    """Layers that the TEST phase leaves out (include { phase: TRAIN })."""
-    phases = [_one(rule, "phase") for rule in layer.get("include", [])]
-    return bool(phases) and all(phase in ("TRAIN", 0) for phase in phases)
+    """Layers that the TEST phase leaves out (include { phase: TRAIN } or exclude { phase: TEST })."""
+    included = [_one(rule, "phase") for rule in layer.get("include", [])]
+    excluded = [_one(rule, "phase") for rule in layer.get("exclude", [])]
+    return (bool(included) and all(phase in ("TRAIN", 0) for phase in included)) or any(
+        phase in ("TEST", 1) for phase in excluded)
 
 
 def _trace_heads(layers: list[dict]) -> tuple[list[dict], list[dict], list[dict], dict]:
@@ -389,11 +394,13 @@ def _prior_settings(priors: list[dict], image_size: int, sizes: list[int]) -> di
             raise CaffeImportError(f"PriorBox {name!r}: img_size {image} differs from the input size {image_size}")
         flip = bool(_one(p, "flip", True))
         unique: list[float] = []
+        seen = [1.0]  # as Caffe: a ratio already present, or the flip of one, adds nothing
         for ratio in p.get("aspect_ratio", []):
             ratio = float(ratio)
-            if abs(ratio - 1.0) < 1e-6 or any(abs(ratio - r) < 1e-6 for r in unique):
+            if any(abs(ratio - r) < 1e-6 for r in seen):
                 continue
             unique.append(ratio)
+            seen += [ratio, 1.0 / ratio] if flip else [ratio]
         if unique and not flip:
             raise CaffeImportError(f"PriorBox {name!r}: aspect ratios without flip are not supported")
         mins.append(float(p["min_size"][0]))
@@ -411,7 +418,7 @@ def _prior_settings(priors: list[dict], image_size: int, sizes: list[int]) -> di
     if len(clips) != 1 or len(variances) != 1:
         raise CaffeImportError("PriorBox layers disagree on clip or variance: one value for all is supported")
     return {"min_sizes": tuple(mins), "max_sizes": tuple(maxs), "aspect_ratios": tuple(ratios),
-            "steps": tuple(steps), "prior_clip": "all" if clips.pop() else "none", "variances": variances.pop()}
+            "steps": tuple(steps), "prior_clip": "corners" if clips.pop() else "none", "variances": variances.pop()}
 
 
 def _reverse_input_channels(layers: list[CaffeLayer], params: dict, input_blob: str) -> None:
@@ -441,7 +448,7 @@ def _reverse_input_channels(layers: list[CaffeLayer], params: dict, input_blob: 
 
 
 def network_from_prototxt(net: dict, weights: dict[str, list[np.ndarray]], *,
-                          mean_bgr: tuple[float, float, float] | None = None,
+                          mean_bgr: tuple[float, float, float] | None = None, input_bgr: bool = True,
                           net_name: str | None = None) -> tuple[SSDConfig, dict]:
     """A parsed deploy prototxt and its weights -> (SSDConfig, params) of an ssd_jax SSD, named
     after the prototxt's ``name`` (else ``net_name``)."""
@@ -461,12 +468,16 @@ def network_from_prototxt(net: dict, weights: dict[str, list[np.ndarray]], *,
 
     # --- the base network in order, with blob versions (pass 1) and who reads each version
     graph = _Graph(input_blob)
+    head_inputs: dict[str, str] = {}
     steps: list[tuple[dict, tuple[str, ...], str | None]] = []
     readers: Counter = Counter()
     for layer in layers:
         kind, name = _one(layer, "type"), _one(layer, "name")
         bottoms, tops = layer.get("bottom", []), layer.get("top", [])
-        if name in head_names or kind in _IGNORED or (kind in _HEAD_PLUMBING and kind != "Concat"):
+        if name in head_names:  # the blob as it is at the head's place in the prototxt
+            head_inputs[name] = graph.read(_one(layer, "bottom"), name)
+            continue
+        if kind in _IGNORED or (kind in _HEAD_PLUMBING and kind != "Concat"):
             continue
         if kind == "Concat" and any(bottom not in graph.version for bottom in bottoms):
             continue  # the concatenation of the heads' outputs or of the PriorBoxes
@@ -479,7 +490,10 @@ def network_from_prototxt(net: dict, weights: dict[str, list[np.ndarray]], *,
             raise CaffeImportError(f"layer {name!r} ({kind}) has {len(tops)} tops; one is supported")
         readers.update(inputs)
         steps.append((layer, inputs, graph.write(tops[0])))
-    sources = tuple(graph.read(_one(head, "bottom"), _one(head, "name")) for head in loc_heads)
+    sources = tuple(head_inputs[_one(head, "name")] for head in loc_heads)
+    for loc, conf in zip(loc_heads, conf_heads):
+        if head_inputs[_one(conf, "name")] != head_inputs[_one(loc, "name")]:
+            raise CaffeImportError(f"heads {_one(loc, 'name')!r} and {_one(conf, 'name')!r} read different blobs")
     readers.update(sources)
 
     # --- layers and parameters (pass 2): BatchNorm and Scale fold into the layer that wrote
@@ -536,9 +550,6 @@ def network_from_prototxt(net: dict, weights: dict[str, list[np.ndarray]], *,
                                    "and SSD's head layers)")
 
     # --- the network pruned to what the heads need
-    for loc, conf in zip(loc_heads, conf_heads):
-        if _one(conf, "bottom") != _one(loc, "bottom"):
-            raise CaffeImportError(f"heads {_one(loc, 'name')!r} and {_one(conf, 'name')!r} read different blobs")
     needed, kept = set(sources), []
     for layer in reversed(spec):
         if layer.output in needed:
@@ -546,7 +557,8 @@ def network_from_prototxt(net: dict, weights: dict[str, list[np.ndarray]], *,
             needed |= set(layer.inputs)
     spec = kept[::-1]
     params = {layer.name: params[layer.name] for layer in spec if layer.name in params}
-    _reverse_input_channels(spec, params, input_blob)
+    if input_bgr:
+        _reverse_input_channels(spec, params, input_blob)
 
     # --- priors, heads and post-processing
     sizes = configs.caffe_blob_sizes(tuple(spec), input_blob, image_size)
@@ -556,9 +568,12 @@ def network_from_prototxt(net: dict, weights: dict[str, list[np.ndarray]], *,
     num_classes = int(_one(p, "num_classes"))
     if int(_one(p, "background_label_id", 0)) != 0 or not _one(p, "share_location", True):
         raise CaffeImportError("DetectionOutput: background_label_id 0 and share_location are required")
-    if _one(p, "code_type", "CENTER_SIZE") not in ("CENTER_SIZE", 2) or _one(p, "variance_encoded_in_target", False):
-        raise CaffeImportError("DetectionOutput: only code_type CENTER_SIZE with variances not in the target is "
-                               "supported")
+    code_type = _one(p, "code_type", "CORNER")  # caffe.proto's default
+    if code_type not in ("CENTER_SIZE", 2) or _one(p, "variance_encoded_in_target", False):
+        raise CaffeImportError(f"DetectionOutput: code_type {code_type}: only CENTER_SIZE with variances not in the "
+                               "target is supported")
+    if float(_one(nms, "eta", 1.0)) != 1.0:
+        raise CaffeImportError("DetectionOutput: adaptive NMS (eta != 1) is not supported")
     top_k = int(_one(nms, "top_k", -1))
     keep_top_k = int(_one(p, "keep_top_k", -1))
     total_priors = sum(sizes[s] ** 2 * (2 + 2 * len(r)) for s, r in zip(sources, priors["aspect_ratios"]))
@@ -575,7 +590,8 @@ def network_from_prototxt(net: dict, weights: dict[str, list[np.ndarray]], *,
                 raise CaffeImportError(f"head {name!r} has {head_spec['features']} outputs; {boxes} boxes x {width} "
                                        "expected from its PriorBox")
             params[f"{kind}_{i}"] = head_params
-    mean_bgr = tuple(float(m) for m in (mean_bgr if mean_bgr is not None else _mean_of(net)))
+    prototxt_mean, scale = _transform_of(net)
+    mean = tuple(float(m) for m in (mean_bgr if mean_bgr is not None else prototxt_mean or WEILIU89_MEAN_BGR))
     config = SSDConfig(
         name=f"caffe_{_sanitize(str(_one(net, 'name', net_name or 'ssd')))}",
         num_classes=num_classes,
@@ -586,7 +602,8 @@ def network_from_prototxt(net: dict, weights: dict[str, list[np.ndarray]], *,
         caffe_input=input_blob,
         caffe_sources=sources,
         clip_boxes=bool(_one(p, "clip", False)),
-        mean_rgb=mean_bgr[::-1],
+        mean_rgb=mean[::-1] if input_bgr else mean,
+        std_rgb=(1.0 / scale,) * 3 if scale else (1.0, 1.0, 1.0),
         l2norm_scale=None,
         postprocess=postprocess,
         **priors,
@@ -595,24 +612,30 @@ def network_from_prototxt(net: dict, weights: dict[str, list[np.ndarray]], *,
                     **{k: v for k, v in params.items() if k.startswith(("loc_", "conf_"))}}
 
 
-def _mean_of(net: dict) -> tuple[float, float, float]:
-    """The BGR mean of a prototxt's transform_param (a training prototxt), else weiliu89's."""
+def _transform_of(net: dict) -> tuple[tuple[float, float, float] | None, float | None]:
+    """The mean (input channel order) and scale of a prototxt's transform_param (data layers of
+    training prototxts; deploy prototxts rarely have one): pixels -> (pixels - mean) * scale."""
     for layer in net.get("layer", []):
-        values = _param(layer, "transform_param").get("mean_value")
-        if values:
-            values = [float(v) for v in values]
-            return tuple(values * 3)[:3] if len(values) == 1 else tuple(values[:3])
-    return WEILIU89_MEAN_BGR
+        transform = _param(layer, "transform_param")
+        if transform:
+            values = [float(v) for v in transform.get("mean_value", [])]
+            mean = (tuple(values * 3)[:3] if len(values) == 1 else tuple(values[:3])) if values else None
+            scale = _one(transform, "scale")
+            return mean, float(scale) if scale else None
+    return None, None
 
 
 def from_caffe(prototxt: str | os.PathLike, caffemodel: str | os.PathLike, *,
-               mean_bgr: tuple[float, float, float] | None = None) -> tuple[dict, SSDConfig]:
+               mean_bgr: tuple[float, float, float] | None = None,
+               input_bgr: bool = True) -> tuple[dict, SSDConfig]:
     """A Caffe SSD (deploy prototxt + caffemodel) -> (params, config) for ``ssd_jax.detect``.
 
-    ``mean_bgr``: the BGR mean the model was trained with (deploy prototxts rarely state it;
-    default: a ``transform_param`` in the prototxt, else weiliu89's (104, 117, 123)). OpenCV's
-    res10 face detector needs (104, 177, 123). Raises ``CaffeImportError`` naming unsupported
-    layers or settings, ``FileNotFoundError`` for missing files.
+    ``mean_bgr``: the mean the model was trained with, in its input's channel order (deploy
+    prototxts rarely state it; default: a ``transform_param`` in the prototxt, whose ``scale``
+    is read too, else weiliu89's (104, 117, 123)). OpenCV's res10 face detector needs (104, 177,
+    123). ``input_bgr=False`` for a model trained on RGB: no channel is reversed. Raises
+    ``CaffeImportError`` naming unsupported layers or settings, ``FileNotFoundError`` for
+    missing files.
     """
     prototxt = os.fspath(prototxt)
     if not os.path.isfile(prototxt):
@@ -621,7 +644,7 @@ def from_caffe(prototxt: str | os.PathLike, caffemodel: str | os.PathLike, *,
         net = parse_prototxt(f.read())
     weights = read_caffemodel(caffemodel)
     stem = os.path.splitext(os.path.basename(os.fspath(caffemodel)))[0]
-    config, params = network_from_prototxt(net, weights, mean_bgr=mean_bgr, net_name=stem)
+    config, params = network_from_prototxt(net, weights, mean_bgr=mean_bgr, input_bgr=input_bgr, net_name=stem)
     from ssd_jax.models.ssd import check_params
 
     check_params(params, config)

@@ -38,8 +38,9 @@ TORCHVISION_DECODE_CLAMP = math.log(1000.0 / 16)
 TORCHVISION_MEAN_RGB = (0.48235 * 255, 0.45882 * 255, 0.40784 * 255)
 
 # How default boxes are clipped to the image: 'none' (the Caffe original), 'wh' (torchvision:
-# widths and heights to at most 1), 'all' (every coordinate to [0, 1], as ports with clip=True do).
-PRIOR_CLIP_MODES = ("none", "wh", "all")
+# widths and heights to at most 1), 'all' (every centre-form coordinate to [0, 1], as ports with
+# clip=True do), 'corners' (the corners to [0, 1]: Caffe's and OpenCV's PriorBox clip).
+PRIOR_CLIP_MODES = ("none", "wh", "all", "corners")
 # Convolutions per block of VGG16 (conv1_1, conv1_2 | conv2_1, conv2_2 | conv3_1 .. conv3_3 | ...).
 VGG16_BLOCK_DEPTHS = (2, 2, 3, 3, 3)
 # Base networks: the module of ssd_jax.models for each, and how many source maps it gives

@@ -24,6 +24,7 @@ refuses jax2onnx's 4-d window): the same detections, but for the order of exactl
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -38,7 +39,7 @@ from ssd_jax import boxes as box_lib
 from ssd_jax import configs
 from ssd_jax.configs import SSDConfig
 from ssd_jax.detect import _detect, resize_images
-from ssd_jax.models import SSD
+from ssd_jax.models import SSD, fast_grads
 from ssd_jax.nms import DEFAULTS, PostprocessOptions, portable_batched_nms
 from ssd_jax.priors import priors
 
@@ -89,6 +90,20 @@ def portable_detect_function(params, config: SSDConfig, options: PostprocessOpti
     return run
 
 
+def _exporter(exporter: Callable) -> Callable:
+    """An exporter ``(params, config, path, *, options=None, ...)``: options default to the
+    model's own (``default_options``), and its program is traced with native depthwise
+    convolutions (not the taps that a CPU host would otherwise trace)."""
+
+    @functools.wraps(exporter)
+    def wrapped(params, config: SSDConfig, path: str, *, options: PostprocessOptions | None = None, **kwargs):
+        with fast_grads.native_depthwise():
+            return exporter(params, config, path, options=default_options(config) if options is None else options,
+                            **kwargs)
+
+    return wrapped
+
+
 def _check_output(path: str) -> None:
     """Refuses to write where it cannot, before the (long) export."""
     parent = os.path.dirname(os.path.abspath(path)) or "."
@@ -108,6 +123,7 @@ def _write_json(path: str, payload: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- StableHLO
+@_exporter
 def to_stablehlo(params, config: SSDConfig, path: str, *, options: PostprocessOptions = DEFAULTS,
                  class_names=None) -> str:
     """A serialized ``jax.export.Exported`` of detect, batch and image size symbolic, parameters
@@ -160,6 +176,7 @@ def _tf_resize(images, size: int):
     return tf.image.resize(pixels, [size, size], method="bilinear", antialias=False)
 
 
+@_exporter
 def to_savedmodel(params, config: SSDConfig, path: str, *, options: PostprocessOptions = DEFAULTS,
                   class_names=None) -> str:
     """A TF SavedModel directory with signature ``serving_default``: ``images`` uint8 [N, H, W, 3],
@@ -201,6 +218,7 @@ def _replace_directory(staging: str, path: str) -> None:
     os.replace(staging, path)
 
 
+@_exporter
 def to_tflite(params, config: SSDConfig, path: str, *, options: PostprocessOptions = DEFAULTS, class_names=None,
               batch: int = 1, input_size: int | None = None) -> str:
     """A TFLite model: ``images`` uint8 [batch, input_size, input_size, 3] (resized inside to the
@@ -236,6 +254,7 @@ def to_tflite(params, config: SSDConfig, path: str, *, options: PostprocessOptio
 
 
 # ----------------------------------------------------------------------------- ONNX
+@_exporter
 def to_onnx(params, config: SSDConfig, path: str, *, options: PostprocessOptions = DEFAULTS, class_names=None,
             batch: int = 1, input_size: int | None = None) -> str:
     """An ONNX model (jax2onnx): input ``images`` uint8 [batch, input_size, input_size, 3], outputs

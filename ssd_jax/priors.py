@@ -47,6 +47,9 @@ def priors(config: SSDConfig) -> np.ndarray:
     boxes = np.concatenate(per_source, axis=0)
     if config.prior_clip == "all":
         boxes = np.clip(boxes, 0.0, 1.0)
+    elif config.prior_clip == "corners":  # clip (xmin, ymin, xmax, ymax), back to centre form
+        corners = np.clip(np.concatenate([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], 1), 0, 1)
+        boxes = np.concatenate([(corners[:, :2] + corners[:, 2:]) / 2, corners[:, 2:] - corners[:, :2]], 1)
     boxes = boxes.astype(np.float32)
     boxes.setflags(write=False)
     return boxes

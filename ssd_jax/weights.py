@@ -431,12 +431,13 @@ def from_resnet50(state_dict: Mapping) -> dict:
 
 
 def from_caffe(prototxt: str | os.PathLike, caffemodel: str | os.PathLike, *,
-               mean_bgr: tuple[float, float, float] | None = None) -> tuple[dict, SSDConfig]:
+               mean_bgr: tuple[float, float, float] | None = None, input_bgr: bool = True) -> tuple[dict, SSDConfig]:
     """A Caffe SSD (deploy prototxt + caffemodel, e.g. weiliu89's VGG16 SSDs or OpenCV's res10
-    face detector) -> (params, config); see ``ssd_jax.caffe``. Needs no Caffe and runs no code."""
+    face detector) -> (params, config); see ``ssd_jax.caffe.from_caffe`` for the options. Needs
+    no Caffe and runs no code."""
     from ssd_jax import caffe
 
-    return caffe.from_caffe(prototxt, caffemodel, mean_bgr=mean_bgr)
+    return caffe.from_caffe(prototxt, caffemodel, mean_bgr=mean_bgr, input_bgr=input_bgr)
 
 
 def merge_backbone(params: dict, backbone: dict) -> dict:

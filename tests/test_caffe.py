@@ -29,13 +29,18 @@ def test_prototxt_text_format():
         layer { name: "a" type: "Convolution" bottom: "data" top: "a"
                 convolution_param { num_output: 8 kernel_size: 3 pad: 1 weight_filler { type: "msra" } } }
         layer < name: 'b' type: "Pooling" pooling_param { pool: MAX kernel_size: 2 } include { phase: TEST } >
-        layer { name: "c" type: "Eltwise" eltwise_param { coeff: [1.0, -2] } }''')
-    assert net["name"] == ["x"] and len(net["layer"]) == 3
+        layer { name: "c" type: "Eltwise" eltwise_param { coeff: [1.0, -2] } }
+        layer { name: "d#1" type: "Pooling" # a "quoted" comment {
+                pooling_param { kernel_size: 2 # "2x2"
+                                stride: 2 } top: "é" }''')
+    assert net["name"] == ["x"] and len(net["layer"]) == 4
     conv = net["layer"][0]["convolution_param"][0]
     assert conv["num_output"] == [8] and conv["kernel_size"] == [3] and conv["weight_filler"][0]["type"] == ["msra"]
     assert net["layer"][1]["pooling_param"][0]["pool"] == ["MAX"]
     assert net["layer"][1]["include"][0]["phase"] == ["TEST"]
     assert net["layer"][2]["eltwise_param"][0]["coeff"] == [1.0, -2]
+    assert net["layer"][3] == {"name": ["d#1"], "type": ["Pooling"], "top": ["é"],
+                               "pooling_param": [{"kernel_size": [2], "stride": [2]}]}
 
 
 def test_caffemodel_wire_format(tmp_path):
@@ -157,20 +162,39 @@ def test_res10_face_detector_gives_opencv_detections_on_photographs(res10_files)
     assert faces >= 2 and faces_found == faces
 
 
+# Variants of the prototxt where Caffe's rules matter: PriorBox clip (corners clipped), an
+# aspect ratio that is the flip of another (Caffe drops it), and a layer after the heads that
+# rewrites a source in place (the heads read the blob as it was at their place).
+VARIANTS = {
+    "plain": [],
+    "prior_clip": [("clip: false", "clip: true")],
+    "flipped_ratio_twice": [("aspect_ratio: 2 flip", "aspect_ratio: 2 aspect_ratio: 0.5 aspect_ratio: 2 flip")],
+    "source_rewritten_after_heads": [("layer { name: \"mbox_conf_reshape\"",
+                                      'layer { name: "late_relu" type: "ReLU" bottom: "conv4_3_norm" '
+                                      'top: "conv4_3_norm" }\nlayer { name: "mbox_conf_reshape"')],
+}
+
+
 @pytest.mark.slow
-def test_weiliu89_vgg16_ssd300_layout_gives_opencv_detections(tmp_path):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_weiliu89_vgg16_ssd300_layout_gives_opencv_detections(tmp_path, variant):
     text, convs = ssd300_prototxt(width=16)  # the layout with a quarter of the channels
+    for old, new in VARIANTS[variant]:
+        assert old in text
+        text = text.replace(old, new)
     prototxt, caffemodel = tmp_path / "deploy.prototxt", tmp_path / "VGG_SSD_300x300.caffemodel"
     prototxt.write_text(text)
     write_caffemodel(caffemodel, random_ssd300_weights(convs))
     params, config = ssd_jax.weights.from_caffe(prototxt, caffemodel)
     assert config.feature_map_sizes == (38, 19, 10, 5, 3, 1) and config.num_priors == 8732
-    assert config.mean_rgb == (123.0, 117.0, 104.0) and config.prior_clip == "none"
+    assert config.mean_rgb == (123.0, 117.0, 104.0)
+    assert config.prior_clip == ("corners" if variant == "prior_clip" else "none")
     images = np.stack(list(sample_photos().values())[:4])
     theirs = opencv_detections(prototxt, caffemodel, images, caffe.WEILIU89_MEAN_BGR)
     ours = ssd_jax.detect(params, images, config=config)
     found, total = matched(ours, theirs, above=0.01)
-    print(f"\nVGG16 SSD300 (weiliu89 layout, random weights): {found} of OpenCV's {total} detections matched")
+    print(f"\nVGG16 SSD300 (weiliu89 layout, random weights, {variant}): {found} of OpenCV's {total} detections "
+          "matched")
     assert total > 100 and found >= 0.99 * total
 
 

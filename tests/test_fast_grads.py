@@ -166,3 +166,17 @@ def test_depthwise_taps_equal_lax_with_gradients(kernel, stride, dilation):
     theirs = jax.value_and_grad(functools.partial(loss, jax.lax.conv_general_dilated), argnums=(0, 1))(x, w)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_taps_in_bfloat16_round_once_like_a_convolution():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 12, 12, 8)), jnp.bfloat16)
+    w = jnp.asarray(rng.normal(size=(5, 5, 1, 8)), jnp.bfloat16)
+    options = dict(window_strides=(2, 2), padding=((2, 2), (2, 2)),
+                   dimension_numbers=jax.lax.conv_dimension_numbers(x.shape, w.shape, fast_grads.NHWC),
+                   feature_group_count=8)
+    exact = jax.lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32), **options)
+    taps = fast_grads.depthwise_as_taps(x, w, **options)
+    assert taps.dtype == jnp.bfloat16
+    # One rounding of the float32 sum: within half a bfloat16 step (2^-8 relative) of the exact value.
+    np.testing.assert_allclose(np.asarray(taps, np.float32), np.asarray(exact), rtol=2.0**-8, atol=1e-6)

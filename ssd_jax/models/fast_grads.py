@@ -19,6 +19,7 @@ through a custom rule.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -59,6 +60,21 @@ def conv_for(gradients: str):
     return functools.partial(depthwise_as_taps, inner=inner)
 
 
+_TAPS = {"enabled": True}
+
+
+@contextlib.contextmanager
+def native_depthwise():
+    """Within this block depthwise convolutions are traced as lax's grouped convolution even on a
+    CPU: exported models keep the native depthwise op of their runtime (TFLite, ONNX)."""
+    saved = _TAPS["enabled"]
+    _TAPS["enabled"] = False
+    try:
+        yield
+    finally:
+        _TAPS["enabled"] = saved
+
+
 def depthwise_as_taps(lhs, rhs, window_strides, padding, *, inner=lax.conv_general_dilated, lhs_dilation=None,
                       rhs_dilation=None, dimension_numbers=None, feature_group_count=1, precision=None,
                       preferred_element_type=None):
@@ -70,7 +86,7 @@ def depthwise_as_taps(lhs, rhs, window_strides, padding, *, inner=lax.conv_gener
     FLOP than a dense one (SSDLite's network was 2x slower than torchvision's on 2 cores); the
     taps fuse into one elementwise loop, forward and backward.
     """
-    depthwise = (jax.default_backend() == "cpu" and lhs.ndim == 4 and not isinstance(padding, str)
+    depthwise = (_TAPS["enabled"] and jax.default_backend() == "cpu" and lhs.ndim == 4 and not isinstance(padding, str)
                  and feature_group_count > 1 and feature_group_count == lhs.shape[-1] == rhs.shape[-1]
                  and rhs.shape[2] == 1 and all(d == 1 for d in (lhs_dilation or (1, 1)))
                  and precision is None and preferred_element_type is None
@@ -82,8 +98,10 @@ def depthwise_as_taps(lhs, rhs, window_strides, padding, *, inner=lax.conv_gener
     padded = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
     kh, kw = rhs.shape[:2]
     taps = _windows(padded, (kh, kw), tuple(window_strides), tuple(rhs_dilation or (1, 1)))
-    weights = rhs.reshape(kh * kw, rhs.shape[-1]).astype(lhs.dtype)
-    return sum(window * weights[i] for i, window in enumerate(taps))
+    # Summed in float32 and rounded once, as a convolution accumulates (bfloat16 inputs too).
+    weights = rhs.reshape(kh * kw, rhs.shape[-1]).astype(jnp.float32)
+    total = sum(window.astype(jnp.float32) * weights[i] for i, window in enumerate(taps))
+    return total.astype(jnp.result_type(lhs.dtype, rhs.dtype))
 
 
 # ----------------------------------------------------------------------------- convolution
