@@ -8,7 +8,14 @@ Skipped when torch/torchvision are not installed (pip install -e '.[torch]').
 import jax
 import numpy as np
 import pytest
-from test_torchvision_parity import found_fraction, patterned_images, relative_error, torch_images
+from test_torchvision_parity import (
+    found_fraction,
+    patterned_images,
+    relative_error,
+    torch_images,
+    torchvision_anchors,
+    torchvision_head_outputs,
+)
 
 import ssd_jax
 from ssd_jax import boxes as box_lib
@@ -64,23 +71,17 @@ def test_ssdlite_config_read_from_the_state_dict(ssdlite):
 
 def test_ssdlite_priors_equal_torchvision_default_boxes(ssdlite):
     model, _, config = ssdlite
-    with torch.no_grad():
-        image_list, _ = model.transform(torch_images(patterned_images(1, 320, 320)))
-        features = list(model.backbone(image_list.tensors).values())
-        anchors = model.anchor_generator(image_list, features)[0].numpy()  # xyxy pixels
     ours = np.asarray(box_lib.centers_to_corners(ssd_jax.priors(config))) * 320
-    np.testing.assert_allclose(ours, anchors, atol=1e-4)
+    np.testing.assert_allclose(ours, torchvision_anchors(model, 320), atol=1e-4)
 
 
 def test_ssdlite_head_outputs_equal_torchvision(ssdlite):
     model, params, config = ssdlite
     images = patterned_images(2, 320, 320)
-    with torch.no_grad():
-        image_list, _ = model.transform(torch_images(images))
-        head = model.head(list(model.backbone(image_list.tensors).values()))
+    their_loc, their_logits = torchvision_head_outputs(model, images)
     loc, logits = SSD(config).apply({"params": params}, images)
-    loc_error = relative_error(loc, head["bbox_regression"].numpy())
-    logit_error = relative_error(logits, head["cls_logits"].numpy())
+    loc_error = relative_error(loc, their_loc)
+    logit_error = relative_error(logits, their_logits)
     print(f"\nSSDLite head outputs, relative error vs torchvision (float32): locations {loc_error:.2e}, "
           f"logits {logit_error:.2e}")
     assert loc_error < 1e-4 and logit_error < 1e-4

@@ -45,26 +45,36 @@ def relative_error(ours, theirs):
     return np.abs(ours - theirs).max() / np.abs(theirs).max()
 
 
+def torchvision_anchors(model, size: int) -> np.ndarray:
+    """A torchvision SSD's default boxes for a size x size input: [P, 4] xyxy pixels."""
+    with torch.no_grad():
+        image_list, _ = model.transform(torch_images(patterned_images(1, size, size)))
+        features = list(model.backbone(image_list.tensors).values())
+        return model.anchor_generator(image_list, features)[0].numpy()
+
+
+def torchvision_head_outputs(model, images) -> tuple[np.ndarray, np.ndarray]:
+    """A torchvision SSD's head outputs for uint8-range images [B, H, W, 3]: (offsets [B, P, 4],
+    class logits [B, P, C])."""
+    with torch.no_grad():
+        image_list, _ = model.transform(torch_images(images))
+        head = model.head(list(model.backbone(image_list.tensors).values()))
+    return head["bbox_regression"].numpy(), head["cls_logits"].numpy()
+
+
 def test_priors_equal_torchvision_default_boxes(models):
     model, _, config = models
-    images = torch_images(patterned_images(1))
-    with torch.no_grad():
-        image_list, _ = model.transform(images)
-        features = list(model.backbone(image_list.tensors).values())
-        anchors = model.anchor_generator(image_list, features)[0].numpy()  # xyxy pixels
     ours = np.asarray(box_lib.centers_to_corners(ssd_jax.priors(config))) * 300
-    np.testing.assert_allclose(ours, anchors, atol=1e-4)
+    np.testing.assert_allclose(ours, torchvision_anchors(model, 300), atol=1e-4)
 
 
 def test_head_outputs_equal_torchvision(models):
     model, params, config = models
     images = patterned_images(2)
-    with torch.no_grad():
-        image_list, _ = model.transform(torch_images(images))
-        head = model.head(list(model.backbone(image_list.tensors).values()))
+    their_loc, their_logits = torchvision_head_outputs(model, images)
     loc, logits = SSD(config).apply({"params": params}, images)
-    loc_error = relative_error(loc, head["bbox_regression"].numpy())
-    logit_error = relative_error(logits, head["cls_logits"].numpy())
+    loc_error = relative_error(loc, their_loc)
+    logit_error = relative_error(logits, their_logits)
     print(f"\nhead outputs, relative error vs torchvision (float32): locations {loc_error:.2e}, "
           f"logits {logit_error:.2e}")
     assert loc_error < 1e-4 and logit_error < 1e-4
