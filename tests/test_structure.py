@@ -137,3 +137,15 @@ def test_matching_and_mining_are_training_settings_and_old_configs_still_load(tm
     config.match_iou_threshold = 0.0
     with pytest.raises(train.ConfigError, match="match_iou_threshold=0.0: must be a number in"):
         train.validate_config(config)
+
+
+def test_config_json_of_before_the_backbone_choice_still_loads():
+    """A config.json written before backbone, head, std_rgb, the Caffe fields and postprocess existed."""
+    stored = configs.to_dict(configs.ssd300_torchvision())
+    for field in ("backbone", "head", "reduced_tail", "caffe_layers", "caffe_input", "caffe_sources", "std_rgb",
+                  "postprocess"):
+        del stored[field]
+    assert configs.from_dict(json.loads(json.dumps(stored))) == configs.ssd300_torchvision()
+    for name in configs.PRESETS:  # and every preset round-trips through JSON
+        config = configs.get(name)
+        assert configs.from_dict(json.loads(json.dumps(configs.to_dict(config)))) == config
