@@ -71,7 +71,7 @@ def main(argv):
 
     given = (SCORE.value, IOU.value, TOP_K.value, MAX_DETECTIONS.value)
     options = PostprocessOptions(*(default if value is None else value
-                                   for value, default in zip(given, export.default_options(config))))
+                                   for value, default in zip(given, export.postprocess_options(config))))
     try:
         path = export.export(params, config, OUT.value, format=FORMAT.value, options=options,
                              class_names=class_names, batch=BATCH.value, input_size=INPUT_SIZE.value)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from typing import Any
 
 import numpy as np
 
@@ -214,7 +213,7 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
 
 
 # ----------------------------------------------------------------------------- the network
-_PASS_THROUGH = ("Dropout", "Split", "Silence")
+_PASS_THROUGH = ("Dropout", "Split")
 _HEAD_PLUMBING = ("Permute", "Flatten", "Reshape", "Softmax", "Concat", "PriorBox", "DetectionOutput")
 _IGNORED = ("Input", "Data", "AnnotatedData", "MultiBoxLoss", "Accuracy", "SoftmaxWithLoss", "Silence")
 
@@ -650,10 +649,3 @@ def from_caffe(prototxt: str | os.PathLike, caffemodel: str | os.PathLike, *,
     check_params(params, config)
     return params, config
 
-
-def describe(config: SSDConfig) -> dict[str, Any]:
-    """A short summary of an imported network (layer kinds counted, sources and their sizes)."""
-    sizes = configs.caffe_blob_sizes(config.caffe_layers, config.caffe_input, config.image_size)
-    return {"layers": dict(Counter(layer.kind for layer in config.caffe_layers)),
-            "sources": {s: sizes[s] for s in config.caffe_sources}, "num_priors": config.num_priors,
-            "postprocess": config.postprocess}

@@ -13,7 +13,7 @@ from ssd_jax import boxes as box_lib
 from ssd_jax import configs
 from ssd_jax.configs import SSDConfig
 from ssd_jax.models.ssd import SSD, check_params
-from ssd_jax.nms import DEFAULTS, Detections, batched_nms, nms_stages
+from ssd_jax.nms import DEFAULTS, Detections, PostprocessOptions, batched_nms, nms_stages
 from ssd_jax.priors import priors
 
 
@@ -28,6 +28,12 @@ def resize_images(images, size: int):
         return images
     shape = (images.shape[0], size, size, images.shape[3])
     return jax.image.resize(images, shape, method="bilinear", antialias=False)
+
+
+def postprocess_options(config: SSDConfig) -> PostprocessOptions:
+    """The post-processing defaults of ``config``: its own (an imported Caffe model's
+    DetectionOutput) or SSD's (``nms.DEFAULTS``)."""
+    return DEFAULTS if config.postprocess is None else PostprocessOptions(*config.postprocess)
 
 
 def postprocess(locations, logits, config: SSDConfig, *, with_stage: bool = False, **nms_options):
@@ -190,7 +196,7 @@ def detect(
     reuse it. ``detect`` can run inside the caller's ``jax.jit``.
     """
     config = configs.ssd300() if config is None else config
-    defaults = DEFAULTS._make(config.postprocess) if config.postprocess is not None else DEFAULTS
+    defaults = postprocess_options(config)
     score_threshold = defaults.score_threshold if score_threshold is None else score_threshold
     iou_threshold = defaults.iou_threshold if iou_threshold is None else iou_threshold
     pre_nms_top_k = defaults.pre_nms_top_k if pre_nms_top_k is None else pre_nms_top_k

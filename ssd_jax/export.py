@@ -38,7 +38,7 @@ import numpy as np
 from ssd_jax import boxes as box_lib
 from ssd_jax import configs
 from ssd_jax.configs import SSDConfig
-from ssd_jax.detect import _detect, resize_images
+from ssd_jax.detect import _detect, postprocess_options, resize_images
 from ssd_jax.models import SSD, fast_grads
 from ssd_jax.nms import DEFAULTS, PostprocessOptions, portable_batched_nms
 from ssd_jax.priors import priors
@@ -92,13 +92,13 @@ def portable_detect_function(params, config: SSDConfig, options: PostprocessOpti
 
 def _exporter(exporter: Callable) -> Callable:
     """An exporter ``(params, config, path, *, options=None, ...)``: options default to the
-    model's own (``default_options``), and its program is traced with native depthwise
+    model's own (``detect.postprocess_options``), and its program is traced with native depthwise
     convolutions (not the taps that a CPU host would otherwise trace)."""
 
     @functools.wraps(exporter)
     def wrapped(params, config: SSDConfig, path: str, *, options: PostprocessOptions | None = None, **kwargs):
         with fast_grads.native_depthwise():
-            return exporter(params, config, path, options=default_options(config) if options is None else options,
+            return exporter(params, config, path, options=postprocess_options(config) if options is None else options,
                             **kwargs)
 
     return wrapped
@@ -294,17 +294,10 @@ def to_onnx(params, config: SSDConfig, path: str, *, options: PostprocessOptions
 EXPORTERS = {"stablehlo": to_stablehlo, "savedmodel": to_savedmodel, "tflite": to_tflite, "onnx": to_onnx}
 
 
-def default_options(config: SSDConfig) -> PostprocessOptions:
-    """detect's post-processing defaults for ``config``: its own (an imported Caffe model's
-    DetectionOutput) or SSD's."""
-    return DEFAULTS if config.postprocess is None else PostprocessOptions(*config.postprocess)
-
-
 def export(params, config: SSDConfig, path: str, *, format: str, options: PostprocessOptions | None = None,
            class_names=None, batch: int = 1, input_size: int | None = None) -> str:
     """Writes ``format`` (one of ``FORMATS``) of the detector to ``path``; returns it. ``options``:
-    the post-processing baked in (default: ``default_options(config)``, as ``detect``)."""
-    options = default_options(config) if options is None else options
+    the post-processing baked in (default: ``postprocess_options(config)``, as ``detect``)."""
     if format not in EXPORTERS:
         raise ExportError(f"unknown format {format!r}; choose one of {list(FORMATS)}")
     if batch < 1 or (input_size is not None and input_size < 1):

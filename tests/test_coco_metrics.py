@@ -54,10 +54,15 @@ def pycocotools_directly(scene):
         for box, label, score in zip(s["det_boxes"], s["det_labels"], s["scores"]):
             results.append({"image_id": image_id, "category_id": CATEGORY_IDS[label - 1], "bbox": list(box),
                             "score": score})
+    return pycocotools_stats(images, annotations, results, CATEGORY_IDS)
+
+
+def pycocotools_stats(images, annotations, results, category_ids):
+    """pycocotools on hand-written COCO dicts -> stats [12]."""
     with contextlib.redirect_stdout(io.StringIO()):
         truth = COCO()
         truth.dataset = {"images": images, "annotations": annotations,
-                         "categories": [{"id": c, "name": str(c)} for c in CATEGORY_IDS]}
+                         "categories": [{"id": c, "name": str(c)} for c in category_ids]}
         truth.createIndex()
         evaluation = COCOeval(truth, truth.loadRes(results), "bbox")
         evaluation.evaluate()

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from random_models import spread_params
 
 import ssd_jax
 from ssd_jax import configs
@@ -15,11 +16,7 @@ CONFIG = configs.ssd_tiny(num_classes=4)
 
 @pytest.fixture(scope="module")
 def params():
-    # Spread the class logits so that scores are not all ~1/C: NMS then has real work to do.
-    params = ssd_jax.init(jax.random.key(0), CONFIG)
-    for i in range(CONFIG.num_sources):
-        params[f"conf_{i}"]["kernel"] = params[f"conf_{i}"]["kernel"] * 20
-    return params
+    return spread_params(CONFIG)
 
 
 def images(batch=2, height=120, width=200, dtype=np.uint8, seed=0):

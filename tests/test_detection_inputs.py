@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from random_models import spread_params
 
 import ssd_jax
 from ssd_jax import checkpoint, configs, image_io, weights
@@ -24,11 +25,7 @@ EXPERIMENTS = os.path.join(os.path.dirname(__file__), os.pardir, "experiments")
 
 @pytest.fixture(scope="module")
 def params():
-    # Spread the class logits so that scores are not all ~1/C: NMS then has real work to do.
-    params = ssd_jax.init(jax.random.key(0), CONFIG)
-    for i in range(CONFIG.num_sources):
-        params[f"conf_{i}"]["kernel"] = params[f"conf_{i}"]["kernel"] * 20
-    return params
+    return spread_params(CONFIG)
 
 
 def image(height, width, seed=0, dtype=np.uint8):

@@ -2,8 +2,6 @@
 VOC-like pixel data, bad input refused with clear errors, empty splits and broken checkpoints
 failing loudly in experiments/evaluate.py, and torchvision's 91-slot COCO classes mapped to ours."""
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -12,8 +10,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from test_coco_metrics import pycocotools_stats
 
 import ssd_jax
 from ssd_jax import checkpoint, configs
@@ -301,20 +298,6 @@ def test_detections_on_an_image_without_any_ground_truth_are_false_positives():
     result = evaluate_voc(detections, ground_truths, 2, use_07_metric=False)
     np.testing.assert_allclose(result["precision"][1], [0.0, 0.5])
     assert result["mAP"] == pytest.approx(0.5)
-
-
-def pycocotools_stats(images, annotations, results, category_ids):
-    """pycocotools on hand-written COCO dicts -> stats [12]."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        truth = COCO()
-        truth.dataset = {"images": images, "annotations": annotations,
-                         "categories": [{"id": c, "name": str(c)} for c in category_ids]}
-        truth.createIndex()
-        evaluation = COCOeval(truth, truth.loadRes(results), "bbox")
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    return evaluation.stats
 
 
 def test_coco_detections_on_an_image_without_objects_are_false_positives():

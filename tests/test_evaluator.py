@@ -2,10 +2,10 @@
 
 import dataclasses
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
+from random_models import spread_params
 
 import ssd_jax
 from ssd_jax import configs
@@ -23,11 +23,7 @@ NUM_IMAGES, MAX_OBJECTS = 7, 5
 
 @pytest.fixture(scope="module")
 def params():
-    # Spread the class logits (as in test_detect) so that scores and classes vary between images.
-    params = ssd_jax.init(jax.random.key(0), CONFIG)
-    for i in range(CONFIG.num_sources):
-        params[f"conf_{i}"]["kernel"] = params[f"conf_{i}"]["kernel"] * 20
-    return params
+    return spread_params(CONFIG)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from random_models import spread_params
 
 import ssd_jax
 from ssd_jax import checkpoint, configs, export
@@ -23,10 +24,7 @@ NO_JAX = "import sys\nsys.modules['jax'] = None\nsys.modules['ssd_jax'] = None\n
 
 @pytest.fixture(scope="module")
 def params():
-    params = ssd_jax.init(jax.random.key(0), CONFIG)
-    for i in range(CONFIG.num_sources):  # spread scores: many detections to compare
-        params[f"conf_{i}"]["kernel"] = params[f"conf_{i}"]["kernel"] * 20
-    return jax.tree.map(np.asarray, params)
+    return jax.tree.map(np.asarray, spread_params(CONFIG))
 
 
 def images(count, height, width, seed=0):

@@ -295,14 +295,10 @@ def open_voc_folder(root: str, class_names=None) -> tuple[tuple[str, ...], dict[
         index = ImageIndex()
         for folder, stem, objects, size in items:
             path = _image_path(folder, stem)
-            try:
-                width, height, orientation = image_header(path)
-            except OSError as error:
-                stats["unreadable_images"] += 1
-                logging.warning("skipping %s: unreadable image (%s)", path, error)
+            header = _upright_header(path, size, stats)
+            if header is None:
                 continue
-            orientation = orientation_to_apply(width, height, orientation, size)
-            width, height = upright_size(width, height, orientation)
+            width, height, orientation = header
             kept = [(ids[name], corners, difficult) for name, corners, difficult in objects if name in ids]
             stats["other_classes"] += len(objects) - len(kept)
             boxes = np.asarray([corners for _, corners, _ in kept], np.float32).reshape(-1, 4)
@@ -312,6 +308,19 @@ def open_voc_folder(root: str, class_names=None) -> tuple[tuple[str, ...], dict[
         index.clip_boxes(stats)
         indexes[split] = index
     return names, indexes, stats, how
+
+
+def _upright_header(path: str, declared_size, stats) -> tuple[int, int, int] | None:
+    """(upright width, height, EXIF orientation to apply) of an image file, given the size its
+    annotation declares; None (counted and logged) when the file cannot be read."""
+    try:
+        width, height, orientation = image_header(path)
+    except OSError as error:
+        stats["unreadable_images"] += 1
+        logging.warning("skipping %s: unreadable image (%s)", path, error)
+        return None
+    orientation = orientation_to_apply(width, height, orientation, declared_size)
+    return (*upright_size(width, height, orientation), orientation)
 
 
 # ----------------------------------------------------------------------------- COCO json
@@ -354,14 +363,10 @@ def open_coco_json(annotations: dict[str, str], images: dict[str, str], class_na
         index = ImageIndex()
         for info in data["images"]:
             path = os.path.join(images[split], str(info.get("file_name")))
-            try:
-                width, height, orientation = image_header(path)
-            except OSError as error:
-                stats["unreadable_images"] += 1
-                logging.warning("skipping %s: unreadable image (%s)", path, error)
+            header = _upright_header(path, (info.get("width"), info.get("height")), stats)
+            if header is None:
                 continue
-            orientation = orientation_to_apply(width, height, orientation, (info.get("width"), info.get("height")))
-            width, height = upright_size(width, height, orientation)
+            width, height, orientation = header
             boxes, labels, crowd = [], [], []
             for ann in by_image.get(info.get("id"), []):
                 bbox = ann.get("bbox")
