@@ -105,10 +105,12 @@ def greedy_nms_mask(boxes, valid, *, iou_threshold: float):
     """Greedy NMS over boxes already sorted best first -> keep mask [..., K].
 
     Box j is kept iff it is valid and no kept box before it overlaps it with IoU >
-    ``iou_threshold``. Boxes are decided 32 at a time: a box is out if a kept box of an earlier
-    block suppresses it (an AND over packed bits), and within the block the 32 decisions follow
-    one another as elementwise bit operations that XLA fuses into one kernel. The number of
-    steps depends on K alone, never on the data.
+    ``iou_threshold``. Boxes are decided 32 at a time, one block after the other: a box is out
+    if a kept box of an earlier block suppresses it (ANDs of packed words), and within the block
+    the 32 decisions follow one another. Each block is elementwise bit operations, which XLA
+    fuses into two kernels; the blocks follow one another without a loop around them (on a GPU
+    a loop's counter, condition and slicing cost as many kernels again). The steps depend on K
+    alone, never on the data.
 
     Args:
       boxes: [..., K, 4] corner boxes sorted by descending score.
@@ -119,21 +121,19 @@ def greedy_nms_mask(boxes, valid, *, iou_threshold: float):
     words = bits.shape[-1]
     bits = _pad_axis(bits, -2, words * _WORD)
     valid = _pad_axis(valid, -1, words * _WORD)
-
-    def decide_block(block, kept_words):
-        block_bits = lax.dynamic_slice_in_dim(bits, block * _WORD, _WORD, axis=-2)  # [..., 32, W]
-        block_valid = lax.dynamic_slice_in_dim(valid, block * _WORD, _WORD, axis=-1)  # [..., 32]
-        # Words of later blocks are still zero, so this sees kept boxes of earlier blocks only.
-        by_earlier_block = jnp.any((block_bits & kept_words[..., None, :]) != 0, axis=-1)
-        within = lax.dynamic_index_in_dim(block_bits, block, axis=-1, keepdims=False)  # [..., 32]
+    kept_words = []  # [...] uint32 per block: bit i set iff box 32 * block + i is kept
+    for block in range(words):
+        block_bits = bits[..., block * _WORD:(block + 1) * _WORD, :]  # [..., 32, W]
+        free = valid[..., block * _WORD:(block + 1) * _WORD]  # [..., 32]: not suppressed by earlier blocks
+        for earlier, kept in enumerate(kept_words):
+            free = free & ((block_bits[..., earlier] & kept[..., None]) == 0)
+        within = block_bits[..., block]  # [..., 32]: which boxes of this block suppress each
         word = jnp.zeros(valid.shape[:-1], jnp.uint32)
         for lane in range(_WORD):
-            keep = block_valid[..., lane] & ~by_earlier_block[..., lane] & ((within[..., lane] & word) == 0)
+            keep = free[..., lane] & ((within[..., lane] & word) == 0)
             word = word | jnp.left_shift(keep.astype(jnp.uint32), jnp.uint32(lane))
-        return lax.dynamic_update_index_in_dim(kept_words, word, block, axis=-1)
-
-    kept_words = jnp.zeros((*valid.shape[:-1], words), jnp.uint32)
-    kept_words = decide_block(0, kept_words) if words == 1 else lax.fori_loop(0, words, decide_block, kept_words)
+        kept_words.append(word)
+    kept_words = jnp.stack(kept_words, axis=-1)  # [..., W]
     position = jnp.arange(k, dtype=jnp.uint32)
     return (jnp.right_shift(kept_words[..., position // _WORD], position % _WORD) & 1) == 1
 
