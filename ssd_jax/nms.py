@@ -36,6 +36,9 @@ DEEP_ROWS = 8
 # one-pass kernel for k <= 16 measured no faster than that sort.
 NARROW_FROM = 16
 _WORD = 32  # suppression bits per uint32 word
+# Words of boxes that greedy_nms_mask decides in one block (fused kernel). Two halve the kernels a
+# GPU runs in a row against one; four made XLA:CPU's compile of the exhaustive stage take minutes.
+BLOCK_WORDS = 2
 
 
 class PostprocessOptions(NamedTuple):
@@ -105,12 +108,12 @@ def greedy_nms_mask(boxes, valid, *, iou_threshold: float):
     """Greedy NMS over boxes already sorted best first -> keep mask [..., K].
 
     Box j is kept iff it is valid and no kept box before it overlaps it with IoU >
-    ``iou_threshold``. Boxes are decided 32 at a time, one block after the other: a box is out
-    if a kept box of an earlier block suppresses it (ANDs of packed words), and within the block
-    the 32 decisions follow one another. Each block is elementwise bit operations, which XLA
-    fuses into two kernels; the blocks follow one another without a loop around them (on a GPU
-    a loop's counter, condition and slicing cost as many kernels again). The steps depend on K
-    alone, never on the data.
+    ``iou_threshold``. Boxes are decided ``32 * BLOCK_WORDS`` at a time, one block after the
+    other: a box is out if a kept box of an earlier block suppresses it (ANDs of packed words),
+    and within the block the decisions follow one another. Each block is elementwise bit
+    operations that XLA fuses into two kernels, and the blocks follow one another without a loop
+    around them (on a GPU a loop's counter, condition and slicing cost as many kernels again).
+    The steps depend on K alone, never on the data.
 
     Args:
       boxes: [..., K, 4] corner boxes sorted by descending score.
@@ -121,18 +124,22 @@ def greedy_nms_mask(boxes, valid, *, iou_threshold: float):
     words = bits.shape[-1]
     bits = _pad_axis(bits, -2, words * _WORD)
     valid = _pad_axis(valid, -1, words * _WORD)
-    kept_words = []  # [...] uint32 per block: bit i set iff box 32 * block + i is kept
-    for block in range(words):
-        block_bits = bits[..., block * _WORD:(block + 1) * _WORD, :]  # [..., 32, W]
-        free = valid[..., block * _WORD:(block + 1) * _WORD]  # [..., 32]: not suppressed by earlier blocks
+    kept_words = []  # [...] uint32 per word: bit i of word w set iff box 32 * w + i is kept
+    for first in range(0, words, BLOCK_WORDS):
+        block_words = range(first, min(first + BLOCK_WORDS, words))
+        rows = slice(first * _WORD, (block_words[-1] + 1) * _WORD)
+        block_bits = bits[..., rows, :]  # [..., 32 n, W]
+        free = valid[..., rows]  # [..., 32 n]: not suppressed by a kept box of an earlier block
         for earlier, kept in enumerate(kept_words):
             free = free & ((block_bits[..., earlier] & kept[..., None]) == 0)
-        within = block_bits[..., block]  # [..., 32]: which boxes of this block suppress each
-        word = jnp.zeros(valid.shape[:-1], jnp.uint32)
-        for lane in range(_WORD):
-            keep = free[..., lane] & ((within[..., lane] & word) == 0)
-            word = word | jnp.left_shift(keep.astype(jnp.uint32), jnp.uint32(lane))
-        kept_words.append(word)
+        block_kept = [jnp.zeros(valid.shape[:-1], jnp.uint32) for _ in block_words]
+        for lane in range(len(block_words) * _WORD):
+            keep = free[..., lane]
+            for i, word in enumerate(block_words[:lane // _WORD + 1]):
+                keep = keep & ((block_bits[..., lane, word] & block_kept[i]) == 0)
+            block_kept[lane // _WORD] = block_kept[lane // _WORD] | jnp.left_shift(
+                keep.astype(jnp.uint32), jnp.uint32(lane % _WORD))
+        kept_words += block_kept
     kept_words = jnp.stack(kept_words, axis=-1)  # [..., W]
     position = jnp.arange(k, dtype=jnp.uint32)
     return (jnp.right_shift(kept_words[..., position // _WORD], position % _WORD) & 1) == 1

@@ -284,10 +284,12 @@ def test_equal_scores_across_the_shallow_cut():
         np.testing.assert_array_equal(ours, expected)
 
 
-def test_greedy_nms_over_several_blocks_of_32():
+@pytest.mark.parametrize("k", [100, 200])  # 4 and 7 words of 32: whole blocks of nms.BLOCK_WORDS, and a last part
+def test_greedy_nms_over_several_blocks(k):
+    assert nms.BLOCK_WORDS == 2  # the test's sizes are chosen for it
     rng = np.random.default_rng(13)
-    boxes = clustered_boxes(rng, 3 * 100, num_clusters=6).reshape(3, 100, 4)
-    valid = rng.uniform(size=(3, 100)) < 0.9
+    boxes = clustered_boxes(rng, 3 * k, num_clusters=6 * k // 100).reshape(3, k, 4)
+    valid = rng.uniform(size=(3, k)) < 0.9
     keep = np.asarray(nms_mask(boxes, valid, iou_threshold=0.45))
     for b in range(3):
         assert_clear_of_threshold(boxes[b], 0.45)
