@@ -119,7 +119,10 @@ def sample_crop(boxes, seed, *, min_ious=CROP_MIN_IOUS, trials=50, scale_range=(
     scale = tf.random.stateless_uniform(shape, seeds[0], *scale_range)
     aspect = tf.random.stateless_uniform(shape, seeds[1], *aspect_range)
     aspect = tf.clip_by_value(aspect, scale**2, 1.0 / scale**2)
-    width, height = scale * tf.sqrt(aspect), scale / tf.sqrt(aspect)
+    # At most the image: scale * sqrt(1 / scale^2) can round to just above 1, which would put the
+    # crop's origin just below 0.
+    width = tf.minimum(scale * tf.sqrt(aspect), 1.0)
+    height = tf.minimum(scale / tf.sqrt(aspect), 1.0)
     x0 = tf.random.stateless_uniform(shape, seeds[2]) * (1.0 - width)
     y0 = tf.random.stateless_uniform(shape, seeds[3]) * (1.0 - height)
     crops = tf.reshape(tf.stack([x0, y0, x0 + width, y0 + height], axis=-1), [-1, 4])  # [S*T, 4]
