@@ -23,17 +23,20 @@ from absl import app, flags, logging
 
 import ssd_jax
 from ssd_jax import configs
-from ssd_jax.detect import default_network_batch, postprocess, resize_images, run_network
+from ssd_jax.detect import cast_params, default_network_batch, postprocess, resize_images, run_network
 
 MODELS = flags.DEFINE_list("models", ["ssd300", "ssd512"], "Model presets of ssd_jax.configs.")
 BATCHES = flags.DEFINE_list("batches", ["1", "8"], "Batch sizes.")
 DTYPES = flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes (float32, bfloat16).")
 REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per setting (median reported), after one warm-up.")
 OUT = flags.DEFINE_string("out", "benchmarks/results/bench_detect.json", "JSON to write.")
+CAST = flags.DEFINE_bool("cast_params", True, "Below float32, cast the convolutions' parameters to the compute "
+                         "dtype once (ssd_jax.detect.cast_params), as repeated calls should; else float32.")
 NETWORK_BATCH = flags.DEFINE_list("network_batch", ["auto"], "detect's network_batch values: auto (detect's "
                                   "default), 0 (the whole batch at once) or a slice size.")
 
-COLUMNS = [("model", "model"), ("batch", "batch"), ("dtype", "dtype"), ("network_batch", "network batch"),
+COLUMNS = [("model", "model"), ("batch", "batch"), ("dtype", "dtype"), ("params", "conv params"),
+           ("network_batch", "network batch"),
            ("images_per_s", "detect images/s"), ("detect_ms", "detect ms"), ("forward_ms", "network ms"),
            ("postprocess_ms", "decode+NMS ms"), ("postprocess_share", "decode+NMS share"), ("nms_stage", "NMS stage"),
            ("first_call_s", "first call s"), ("gflop_per_image", "GFLOP/image"), ("tflops", "TFLOP/s"),
@@ -45,6 +48,8 @@ def measure(model: str, batch_size: int, dtype_name: str, peak: dict, network_ba
     dtype = benchlib.dtype_of(dtype_name)
     network_batch = default_network_batch(batch_size, dtype) if network_batch == "auto" else int(network_batch)
     params = ssd_jax.init(jax.random.key(0), config)
+    if CAST.value:
+        params = cast_params(params, dtype)
     size = config.image_size
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8))
 
@@ -67,7 +72,8 @@ def measure(model: str, batch_size: int, dtype_name: str, peak: dict, network_ba
     post_s = benchlib.seconds_per_call(lambda: post(locations, logits), repeats=REPEATS.value)
     whole = jax.jit(lambda p, x: run_network(p, resize_images(x, size), config, dtype=dtype))  # lax.map: one slice
     flops = benchlib.flops_of(whole, params, images)
-    row = {"model": model, "batch": batch_size, "dtype": dtype_name, "network_batch": network_batch or batch_size,
+    row = {"model": model, "batch": batch_size, "dtype": dtype_name,
+           "params": dtype_name if CAST.value else "float32", "network_batch": network_batch or batch_size,
            "images_per_s": batch_size / detect_s, "detect_ms": detect_s * 1e3, "forward_ms": forward_s * 1e3,
            "postprocess_ms": post_s * 1e3, "postprocess_share": post_s / detect_s,
            "nms_stage": ("shallow", "deep", "exhaustive")[int(stage_fn(locations, logits))],

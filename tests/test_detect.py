@@ -8,7 +8,7 @@ from random_models import spread_params
 
 import ssd_jax
 from ssd_jax import configs
-from ssd_jax.detect import _detect, postprocess, resize_images
+from ssd_jax.detect import _detect, cast_params, postprocess, resize_images
 from ssd_jax.models import SSD
 
 CONFIG = configs.ssd_tiny(num_classes=4)
@@ -126,6 +126,23 @@ def test_bfloat16_detect_runs_and_agrees_with_float32(params):
     np.testing.assert_allclose(f32.scores[:, 0], bf16.scores[:, 0], atol=0.05)
     iou = np.asarray(ssd_jax.boxes.pairwise_iou(f32.boxes[:, :1], bf16.boxes[:, :1]))
     assert np.all(iou > 0.8)
+
+
+def test_params_cast_once_give_the_bfloat16_detections(params):
+    # Equal to bfloat16 rounding, not bitwise: given float32 weights, XLA may skip their rounding
+    # to bfloat16 (it allows excess precision), as XLA:CPU does.
+    pixels = images(3, height=CONFIG.image_size, width=CONFIG.image_size, seed=4)
+    cast = ssd_jax.detect(cast_params(params, jnp.bfloat16), pixels, config=CONFIG, dtype=jnp.bfloat16)
+    plain = ssd_jax.detect(params, pixels, config=CONFIG, dtype=jnp.bfloat16)
+    np.testing.assert_array_equal(cast.classes[:, 0], plain.classes[:, 0])
+    np.testing.assert_allclose(cast.scores[:, 0], plain.scores[:, 0], atol=0.02)
+    assert np.all(np.asarray(ssd_jax.boxes.pairwise_iou(cast.boxes[:, :1], plain.boxes[:, :1])) > 0.9)
+    # Only the convolutions' parameters change dtype: SSD300's L2Norm scale is used in float32.
+    dtypes = {jax.tree_util.keystr(path): leaf.dtype for path, leaf in jax.tree_util.tree_leaves_with_path(
+        cast_params(ssd_jax.init(jax.random.key(0), configs.ssd300()), jnp.bfloat16))}
+    assert {key: dtype for key, dtype in dtypes.items() if dtype != jnp.bfloat16} == {
+        "['backbone']['conv4_3_norm']['scale']": jnp.float32}
+    assert sum(key.endswith("['kernel']") for key in dtypes) == 23 + 12  # VGG16 + extras, and the heads
 
 
 def test_network_in_slices_gives_the_same_detections(params):
