@@ -131,7 +131,7 @@ def test_bfloat16_detect_runs_and_agrees_with_float32(params):
 def test_params_cast_once_give_the_bfloat16_detections(params):
     # Equal to bfloat16 rounding, not bitwise: given float32 weights, XLA may skip their rounding
     # to bfloat16 (it allows excess precision), as XLA:CPU does.
-    pixels = images(3, height=CONFIG.image_size, width=CONFIG.image_size, seed=4)
+    pixels = images(height=CONFIG.image_size, width=CONFIG.image_size, seed=4)  # the shape of the test above
     cast = ssd_jax.detect(cast_params(params, jnp.bfloat16), pixels, config=CONFIG, dtype=jnp.bfloat16)
     plain = ssd_jax.detect(params, pixels, config=CONFIG, dtype=jnp.bfloat16)
     np.testing.assert_array_equal(cast.classes[:, 0], plain.classes[:, 0])
