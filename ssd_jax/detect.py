@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.layout import Format, Layout
 
 from ssd_jax import boxes as box_lib
 from ssd_jax import configs
@@ -99,15 +100,18 @@ def run_network(params, pixels, config: SSDConfig, *, dtype=jnp.float32, network
     return (locations.reshape(-1, *locations.shape[2:])[:batch], logits.reshape(-1, *logits.shape[2:])[:batch])
 
 
-@functools.partial(jax.jit, static_argnames=("config", "dtype", "score_threshold", "iou_threshold",
-                                             "pre_nms_top_k", "max_detections", "network_batch"))
-def _detect(params, images, *, config, dtype, score_threshold, iou_threshold, pre_nms_top_k,
-            max_detections, network_batch) -> Detections:
+def _detect_program(params, images, *, config, dtype, score_threshold, iou_threshold, pre_nms_top_k,
+                    max_detections, network_batch) -> Detections:
     pixels = resize_images(images, config.image_size)
     locations, logits = run_network(params, pixels, config, dtype=dtype, network_batch=network_batch)
     return postprocess(locations, logits, config, score_threshold=score_threshold,
                        iou_threshold=iou_threshold, pre_nms_top_k=pre_nms_top_k,
                        max_detections=max_detections)
+
+
+_STATIC_OPTIONS = ("config", "dtype", "score_threshold", "iou_threshold", "pre_nms_top_k", "max_detections",
+                   "network_batch")
+_detect = jax.jit(_detect_program, static_argnames=_STATIC_OPTIONS)
 
 
 def resize_each_image(images, size: int):
@@ -215,30 +219,99 @@ def detect(
       scores [B, K], classes [B, K] (1..C-1) and num_detections [B]; K = max_detections.
 
     One program is compiled per input shape (per list length for lists) and options; repeated calls
-    reuse it. ``detect`` can run inside the caller's ``jax.jit``.
+    reuse it. ``detect`` can run inside the caller's ``jax.jit``. To serve one shape many times,
+    ``compile_detect`` compiles it ahead of time with the parameters prepared once.
     """
+    if isinstance(images, (list, tuple)):
+        images = [_as_array(image) for image in images]
+    check_images(images)
+    options = _program_options(params, config, dtype, score_threshold, iou_threshold, pre_nms_top_k,
+                               max_detections)
+    if isinstance(images, list):
+        images = resize_each_image(images, options["config"].image_size)
+    return _detect(params, images, **options, network_batch=_network_batch(network_batch, images, dtype))
+
+
+def _program_options(params, config, dtype, score_threshold, iou_threshold, pre_nms_top_k,
+                     max_detections) -> dict:
+    """detect's arguments, checked, with the config's defaults filled in -> the program's static options."""
     config = configs.ssd300() if config is None else config
     defaults = postprocess_options(config)
     score_threshold = defaults.score_threshold if score_threshold is None else score_threshold
     iou_threshold = defaults.iou_threshold if iou_threshold is None else iou_threshold
     pre_nms_top_k = defaults.pre_nms_top_k if pre_nms_top_k is None else pre_nms_top_k
     max_detections = defaults.max_detections if max_detections is None else max_detections
-    if isinstance(images, (list, tuple)):
-        images = [_as_array(image) for image in images]
-    check_images(images)
     check_params(params, config)
     if not 0 <= score_threshold < 1 or not 0 < iou_threshold <= 1:
         raise ValueError(f"need 0 <= score_threshold < 1 and 0 < iou_threshold <= 1, got "
                          f"{score_threshold}, {iou_threshold}")
     if pre_nms_top_k < 1 or max_detections < 1:
         raise ValueError(f"pre_nms_top_k and max_detections must be >= 1, got {pre_nms_top_k}, {max_detections}")
+    return {"config": config, "dtype": jnp.dtype(dtype), "score_threshold": float(score_threshold),
+            "iou_threshold": float(iou_threshold), "pre_nms_top_k": int(pre_nms_top_k),
+            "max_detections": int(max_detections)}
+
+
+def _network_batch(network_batch: int | None, images, dtype) -> int | None:
+    """The checked ``network_batch``, or detect's default for this batch and dtype."""
     if network_batch is not None and network_batch < 1:
         raise ValueError(f"network_batch must be None or >= 1, got {network_batch}")
-    if isinstance(images, list):
-        images = resize_each_image(images, config.image_size)
     if network_batch is None:
         network_batch = default_network_batch(np.shape(images)[0], dtype)
-    return _detect(params, images, config=config, dtype=jnp.dtype(dtype),
-                   score_threshold=float(score_threshold), iou_threshold=float(iou_threshold),
-                   pre_nms_top_k=int(pre_nms_top_k), max_detections=int(max_detections),
-                   network_batch=None if network_batch is None else int(network_batch))
+    return None if network_batch is None else int(network_batch)
+
+
+def compile_detect(
+    params,
+    images,
+    *,
+    config: SSDConfig | None = None,
+    score_threshold: float | None = None,
+    iou_threshold: float | None = None,
+    pre_nms_top_k: int | None = None,
+    max_detections: int | None = None,
+    dtype: Any = jnp.float32,
+    network_batch: int | None = None,
+):
+    """``detect`` compiled ahead of time for batches shaped like ``images``, with the parameters
+    stored the way the compiled program reads them -> ``detect_batch(images) -> Detections``.
+
+    For serving batches of one shape many times: below float32 the convolutions' parameters are
+    cast once (``cast_params``), and every parameter is laid out in the memory order that XLA
+    chose for its kernels (JAX's AUTO layouts), so that a call neither converts nor transposes
+    weights. SSD300's bfloat16 network, compiled for an H200: 53 kernels per call, against 118
+    in ``detect`` with float32 parameters (read off the compiled programs). The detections are
+    ``detect``'s with the same cast parameters.
+
+    Args:
+      params: the model's 'params' pytree, float32 (they are copied; the caller's stay as they are).
+      images: an example batch [B, H, W, 3] (uint8 or float, numpy or jax): the function takes
+        batches of exactly this shape and dtype.
+      the rest: as ``detect``'s.
+    Returns:
+      a function of a batch [B, H, W, 3] of the example's shape and dtype -> ``Detections``, run
+      on the first device (``jax.devices()[0]``).
+    """
+    images = _as_array(images)
+    check_images(images)
+    options = _program_options(params, config, dtype, score_threshold, iou_threshold, pre_nms_top_k,
+                               max_detections)
+    options["network_batch"] = _network_batch(network_batch, images, dtype)
+    if jnp.dtype(dtype) != jnp.float32:
+        params = cast_params(params, dtype)
+    shape, pixel_dtype = tuple(np.shape(images)), np.dtype(images.dtype)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    any_layout = jax.tree.map(lambda _: Format(Layout.AUTO, device), params)
+    program = jax.jit(functools.partial(_detect_program, **options), in_shardings=(any_layout, device))
+    compiled = program.lower(params, jax.ShapeDtypeStruct(shape, pixel_dtype)).compile()
+    params = jax.device_put(params, compiled.input_formats[0][0])
+
+    def detect_batch(batch) -> Detections:
+        batch = _as_array(batch)
+        if tuple(np.shape(batch)) != shape or np.dtype(batch.dtype) != pixel_dtype:
+            raise ValueError(f"this compiled detect takes batches of shape {shape} and dtype {pixel_dtype}, got "
+                             f"{tuple(np.shape(batch))} {np.dtype(batch.dtype)}; compile another for that shape")
+        check_images(batch)
+        return compiled(params, batch)
+
+    return detect_batch

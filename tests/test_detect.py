@@ -8,7 +8,7 @@ from random_models import spread_params
 
 import ssd_jax
 from ssd_jax import configs
-from ssd_jax.detect import _detect, cast_params, postprocess, resize_images
+from ssd_jax.detect import _detect, cast_params, compile_detect, postprocess, resize_images
 from ssd_jax.models import SSD
 
 CONFIG = configs.ssd_tiny(num_classes=4)
@@ -143,6 +143,18 @@ def test_params_cast_once_give_the_bfloat16_detections(params):
     assert {key: dtype for key, dtype in dtypes.items() if dtype != jnp.bfloat16} == {
         "['backbone']['conv4_3_norm']['scale']": jnp.float32}
     assert sum(key.endswith("['kernel']") for key in dtypes) == 23 + 12  # VGG16 + extras, and the heads
+
+
+def test_compiled_detect_equals_detect_and_takes_only_its_shape(params):
+    pixels = images(height=CONFIG.image_size, width=CONFIG.image_size, seed=4)
+    detect_batch = compile_detect(params, pixels, config=CONFIG, dtype=jnp.bfloat16, max_detections=50)
+    expected = ssd_jax.detect(cast_params(params, jnp.bfloat16), pixels, config=CONFIG, dtype=jnp.bfloat16,
+                              max_detections=50)
+    np.testing.assert_equal(jax.tree.map(np.asarray, detect_batch(pixels)), jax.tree.map(np.asarray, expected))
+    assert jax.tree.leaves(params)[0].dtype == jnp.float32  # the caller's parameters are left as they were
+    size = CONFIG.image_size
+    with pytest.raises(ValueError, match=rf"batches of shape \(2, {size}, {size}, 3\) and dtype uint8, got \(3, "):
+        detect_batch(images(3, height=CONFIG.image_size, width=CONFIG.image_size))
 
 
 def test_network_in_slices_gives_the_same_detections(params):
