@@ -100,18 +100,15 @@ def run_network(params, pixels, config: SSDConfig, *, dtype=jnp.float32, network
     return (locations.reshape(-1, *locations.shape[2:])[:batch], logits.reshape(-1, *logits.shape[2:])[:batch])
 
 
-def _detect_program(params, images, *, config, dtype, score_threshold, iou_threshold, pre_nms_top_k,
-                    max_detections, network_batch) -> Detections:
+@functools.partial(jax.jit, static_argnames=("config", "dtype", "score_threshold", "iou_threshold",
+                                             "pre_nms_top_k", "max_detections", "network_batch"))
+def _detect(params, images, *, config, dtype, score_threshold, iou_threshold, pre_nms_top_k,
+            max_detections, network_batch) -> Detections:
     pixels = resize_images(images, config.image_size)
     locations, logits = run_network(params, pixels, config, dtype=dtype, network_batch=network_batch)
     return postprocess(locations, logits, config, score_threshold=score_threshold,
                        iou_threshold=iou_threshold, pre_nms_top_k=pre_nms_top_k,
                        max_detections=max_detections)
-
-
-_STATIC_OPTIONS = ("config", "dtype", "score_threshold", "iou_threshold", "pre_nms_top_k", "max_detections",
-                   "network_batch")
-_detect = jax.jit(_detect_program, static_argnames=_STATIC_OPTIONS)
 
 
 def resize_each_image(images, size: int):
@@ -302,7 +299,7 @@ def compile_detect(
     shape, pixel_dtype = tuple(np.shape(images)), np.dtype(images.dtype)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     any_layout = jax.tree.map(lambda _: Format(Layout.AUTO, device), params)
-    program = jax.jit(functools.partial(_detect_program, **options), in_shardings=(any_layout, device))
+    program = jax.jit(functools.partial(_detect.__wrapped__, **options), in_shardings=(any_layout, device))
     compiled = program.lower(params, jax.ShapeDtypeStruct(shape, pixel_dtype)).compile()
     params = jax.device_put(params, compiled.input_formats[0][0])
 
