@@ -48,9 +48,8 @@ def measure(model: str, batch_size: int, dtype_name: str, peak: dict, network_ba
     config = configs.get(model)
     dtype = benchlib.dtype_of(dtype_name)
     network_batch = default_network_batch(batch_size, dtype) if network_batch == "auto" else int(network_batch)
-    params = ssd_jax.init(jax.random.key(0), config)
-    if CAST.value:
-        params = cast_params(params, dtype)
+    float_params = ssd_jax.init(jax.random.key(0), config)
+    params = cast_params(float_params, dtype) if CAST.value else float_params
     size = config.image_size
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8))
 
@@ -70,7 +69,7 @@ def measure(model: str, batch_size: int, dtype_name: str, peak: dict, network_ba
 
     detect_s = benchlib.seconds_per_call(run_detect, repeats=REPEATS.value)
     # The same program compiled ahead of time, parameters in the layout XLA chose (cast inside).
-    detect_batch = compile_detect(ssd_jax.init(jax.random.key(0), config), images, config=config, dtype=dtype,
+    detect_batch = compile_detect(float_params, images, config=config, dtype=dtype,
                                   network_batch=network_batch or batch_size)
     compiled_s = benchlib.seconds_per_call(lambda: detect_batch(images), repeats=REPEATS.value)
     forward_s = benchlib.seconds_per_call(lambda: network(params, images), repeats=REPEATS.value)

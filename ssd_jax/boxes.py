@@ -29,19 +29,22 @@ def area(boxes):
     return size[..., 0] * size[..., 1]
 
 
+def intersection(boxes_a, boxes_b):
+    """Intersection areas of corner boxes [..., 4] and [..., 4], broadcast against each other -> [...]."""
+    lo = jnp.maximum(boxes_a[..., :2], boxes_b[..., :2])
+    hi = jnp.minimum(boxes_a[..., 2:], boxes_b[..., 2:])
+    wh = jnp.maximum(hi - lo, 0.0)
+    return wh[..., 0] * wh[..., 1]
+
+
 def pairwise_iou(boxes_a, boxes_b):
     """Intersection over union of corner boxes [..., N, 4] x [..., M, 4] -> [..., N, M].
 
     Pairs whose union is empty (two degenerate boxes) get 0 rather than NaN.
     """
-    a = boxes_a[..., :, None, :]
-    b = boxes_b[..., None, :, :]
-    lo = jnp.maximum(a[..., :2], b[..., :2])
-    hi = jnp.minimum(a[..., 2:], b[..., 2:])
-    wh = jnp.maximum(hi - lo, 0.0)
-    intersection = wh[..., 0] * wh[..., 1]
-    union = area(boxes_a)[..., :, None] + area(boxes_b)[..., None, :] - intersection
-    return jnp.where(union > 0, intersection / jnp.where(union > 0, union, 1.0), 0.0)
+    overlap = intersection(boxes_a[..., :, None, :], boxes_b[..., None, :, :])
+    union = area(boxes_a)[..., :, None] + area(boxes_b)[..., None, :] - overlap
+    return jnp.where(union > 0, overlap / jnp.where(union > 0, union, 1.0), 0.0)
 
 
 def encode(boxes, priors, variances=DEFAULT_VARIANCES):
