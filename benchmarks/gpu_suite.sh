@@ -3,7 +3,7 @@
 #   bash benchmarks/gpu_suite.sh [parts] [out_dir]
 #
 #   parts: comma-separated, default "detect,train,tests,post" (the GPU-speed issue's figures);
-#   more: nms, backbones, diagnose, layers.
+#   more: nms, backbones, diagnose, layers; "all" runs every part.
 #     detect    detect images/s and the decode+NMS share: SSD300 with 21 and 91 classes, batch 32 to
 #               128, bfloat16; float32 at batch 32 to 128 (detect's default slices of 32)
 #     train     the SSD300 train step, bfloat16, batch 32, with the default gradient rules on a
@@ -20,11 +20,14 @@
 # A part that would start after SUITE_BUDGET seconds (default 420) is skipped and named at the end,
 # so that the suite ends within 8 minutes whatever the machine's compile times.
 # Each part's table goes to stdout and its JSON and log to out_dir (default benchmarks/results).
+# SUITE_CHECK=1 runs nothing: each command only checks its flags (--only_check_args; pytest
+# --collect-only), on any machine, so that a lent GPU's minutes are not lost to a stale flag.
 # Needs a CUDA build of jax (and of torch for "tests", "nms" and "backbones") and the project's
 # dependencies (pip install -e '.[dev,torch]') in the current Python environment.
 # Without a GPU, benchmarks/gpu_kernels.py shows the kernels the post-processing compiles to.
 set -u -o pipefail
 parts=${1:-detect,train,tests,post}
+[[ $parts == all ]] && parts=detect,train,tests,post,nms,backbones,diagnose,layers
 out=${2:-benchmarks/results}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -37,6 +40,9 @@ step() {  # step NAME COMMAND...: runs one benchmark, its output to the screen a
   if (( SECONDS - suite_start > budget )); then
     echo "=== $name: skipped, the suite is past its ${budget} s"; skipped="$skipped $name"; return
   fi
+  if [[ -n ${SUITE_CHECK:-} ]]; then
+    case " $* " in *" pytest "*) set -- "$@" --collect-only;; *) set -- "$@" --only_check_args;; esac
+  fi
   echo "=== $name: $*"
   local start=$SECONDS
   "$@" 2>&1 | grep -v "^I0000\|^W0000" | tee "$out/$name.log"
@@ -44,7 +50,7 @@ step() {  # step NAME COMMAND...: runs one benchmark, its output to the screen a
 }
 has() { [[ ",$parts," == *",$1,"* ]]; }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+[[ -n ${SUITE_CHECK:-} ]] || nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 python3 -c "import jax, jaxlib, flax, optax; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
 
 if has detect; then

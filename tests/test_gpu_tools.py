@@ -1,12 +1,17 @@
-"""benchmarks/gpu_kernels.py reads kernel launches off compiled HLO text: its counting, on a module
-written out by hand (the GPU compile itself needs jax's CUDA plugin, which CI does not install)."""
+"""The GPU tools, without a GPU: benchmarks/gpu_kernels.py reads kernel launches off compiled HLO
+text (its counting, on a module written out by hand; the GPU compile itself needs jax's CUDA
+plugin, which CI does not install), and every command of benchmarks/gpu_suite.sh takes its flags."""
 
 import os
+import re
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
 
 import gpu_kernels  # noqa: E402
+
+SUITE = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "gpu_suite.sh")
 
 # The entry: two kernels, a loop of 3 trips (condition: one kernel, body: two), then a switch whose
 # branches launch one and two kernels. Non-kernel instructions (parameters, bitcasts, tuples) don't count.
@@ -62,3 +67,18 @@ def test_output_bytes_of_tuples_and_dtypes():
     assert gpu_kernels.output_bytes("pred[3,5]{1,0}") == 15
     assert gpu_kernels.output_bytes("bf16[2,8]{1,0}") == 32
     assert gpu_kernels.output_bytes("s32[]") == 4
+
+
+def test_every_gpu_suite_command_accepts_its_flags(tmp_path):
+    # python3 is this environment's Python, as on the GPU machine where the suite runs.
+    path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"
+    out = subprocess.run(["bash", SUITE, "all", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "SUITE_CHECK": "1", "JAX_PLATFORMS": "cpu", "PATH": path},
+                         cwd=os.path.dirname(SUITE) + "/..")
+    assert out.returncode == 0, out.stderr[-3000:]
+    exits = dict(re.findall(r"^=== (\w+): exit (\d+) after", out.stdout, flags=re.M))
+    assert len(exits) == 13, out.stdout[-3000:]  # every step of every part ran, none skipped
+    failed = {name: code for name, code in exits.items() if code != "0"}
+    assert not failed, (failed, out.stdout[-3000:])
+    # The NMS tests part selects tests (pytest --collect-only exits 5 when -k matches none).
+    assert re.search(r"^(\d+)/\d+ tests collected", open(tmp_path / "tests.log").read(), flags=re.M)
