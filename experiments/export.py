@@ -67,11 +67,12 @@ def main(argv):
         sys.exit(f"error: --out={OUT.value} is a directory; name the {FORMAT.value} file to write")
     params, config, class_names = load_model()
     from ssd_jax import export
+    from ssd_jax.detect import postprocess_options
     from ssd_jax.nms import PostprocessOptions
 
     given = (SCORE.value, IOU.value, TOP_K.value, MAX_DETECTIONS.value)
     options = PostprocessOptions(*(default if value is None else value
-                                   for value, default in zip(given, export.postprocess_options(config))))
+                                   for value, default in zip(given, postprocess_options(config))))
     try:
         path = export.export(params, config, OUT.value, format=FORMAT.value, options=options,
                              class_names=class_names, batch=BATCH.value, input_size=INPUT_SIZE.value)

@@ -7,11 +7,12 @@ import re
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import gpu_kernels  # noqa: E402
 
-SUITE = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "gpu_suite.sh")
+SUITE = os.path.join(ROOT, "benchmarks", "gpu_suite.sh")
 
 # The entry: two kernels, a loop of 3 trips (condition: one kernel, body: two), then a switch whose
 # branches launch one and two kernels. Non-kernel instructions (parameters, bitcasts, tuples) don't count.
@@ -74,7 +75,7 @@ def test_every_gpu_suite_command_accepts_its_flags(tmp_path):
     path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"
     out = subprocess.run(["bash", SUITE, "all", str(tmp_path)], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "SUITE_CHECK": "1", "JAX_PLATFORMS": "cpu", "PATH": path},
-                         cwd=os.path.dirname(SUITE) + "/..")
+                         cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     exits = dict(re.findall(r"^=== (\w+): exit (\d+) after", out.stdout, flags=re.M))
     assert len(exits) == 13, out.stdout[-3000:]  # every step of every part ran, none skipped
