@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags, logging
 
-from ssd_jax import checkpoint
+from ssd_jax import checkpoint, files
 from ssd_jax.data import pipeline
 from ssd_jax.evaluation import IOU_CONVENTIONS
 from ssd_jax.evaluation import datasets as evaluation
@@ -34,6 +34,8 @@ ANNOTATIONS = flags.DEFINE_string("annotations", None, "cocojson: the evaluation
 IMAGES = flags.DEFINE_string("images", None, "cocojson: the folder of its images.")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per detect call (one compilation).", lower_bound=1)
 OUT_DIR = flags.DEFINE_string("out_dir", None, "Where to write metrics and pictures (default: CHECKPOINT/eval).")
+OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the results of an earlier evaluation in --out_dir (never "
+                              "other files).")
 VOC_IOU = flags.DEFINE_enum("voc_iou", None, IOU_CONVENTIONS,
                             "IoU of the VOC metrics: the devkit's inclusive pixel ranges (width = xmax - xmin + 1, "
                             "what published VOC numbers use) or continuous corners (no +1). Default: the data "
@@ -79,7 +81,9 @@ def main(argv):
         sys.exit(f"error: {error}")
     out_dir = OUT_DIR.value or os.path.join(CHECKPOINT.value, "eval")
     try:  # before the evaluation, not after it
-        evaluation.check_writable(out_dir)
+        evaluation.claim_report(out_dir, overwrite=OVERWRITE.value)
+    except files.OutputExistsError as error:
+        sys.exit(f"error: {error}")
     except OSError as error:
         sys.exit(f"error: cannot write the results to {out_dir} ({error}); pass a writable --out_dir")
     try:

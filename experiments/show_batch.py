@@ -12,7 +12,7 @@ import sys
 
 from absl import app, flags, logging
 
-from ssd_jax import visualize
+from ssd_jax import files, visualize
 from ssd_jax.data import pipeline
 
 DATASET = flags.DEFINE_enum("dataset", "shapes", list(pipeline.DATASET_NAMES), "Data set to read.")
@@ -23,11 +23,18 @@ IMAGE_SIZE = flags.DEFINE_integer("image_size", 160, "Training image side.")
 BATCH = flags.DEFINE_integer("batch", 16, "Images in the picture.")
 SEED = flags.DEFINE_integer("seed", 0, "Augmentation seed.")
 OUT = flags.DEFINE_string("out", "out/train_batch.png", "PNG to write.")
+OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a picture that an earlier show_batch.py wrote at --out "
+                              "(never another file).")
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
+    try:
+        files.check_writable(os.path.dirname(OUT.value) or ".")
+        files.claim(OUT.value, overwrite=OVERWRITE.value, is_ours=files.is_our_png, what="a picture")
+    except OSError as error:  # OutputExistsError included
+        sys.exit(f"error: {error}")
     try:  # VOC/COCO need a download first, folders must exist: say so, no traceback
         source = pipeline.open_source(DATASET.value, data_dir=DATA_DIR.value, train_annotations=ANNOTATIONS.value,
                                       train_images=IMAGES.value)
@@ -38,8 +45,7 @@ def main(argv):
     batch = next(pipeline.as_numpy(ds))
     pictures = [visualize.draw_boxes(image, boxes[mask], labels[mask], class_names=source.class_names)
                 for image, boxes, labels, mask in zip(batch["image"], batch["boxes"], batch["labels"], batch["mask"])]
-    os.makedirs(os.path.dirname(OUT.value) or ".", exist_ok=True)
-    visualize.grid(pictures, columns=4).save(OUT.value)
+    files.write_png(OUT.value, visualize.grid(pictures, columns=4))
     print(f"wrote {OUT.value}: {BATCH.value} augmented {DATASET.value} images, {int(batch['mask'].sum())} boxes")
 
 

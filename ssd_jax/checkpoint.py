@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from ssd_jax import configs
+from ssd_jax import configs, files
 from ssd_jax.configs import SSDConfig
 from ssd_jax.models.ssd import check_params, param_shapes
 
@@ -42,15 +42,20 @@ def _process_local_checkpointer() -> ocp.StandardCheckpointer:
         primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"process{me}"))
 
 
-def _write_json_atomically(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
-
-
 def _is_complete(directory: str) -> bool:
     return os.path.isfile(os.path.join(directory, CONFIG_FILE)) and os.path.isdir(os.path.join(directory, PARAMS_DIR))
+
+
+def _holds_only_checkpoint_files(directory: str) -> bool:
+    """Whether ``directory`` holds nothing but what a parameter save writes (it may be empty or
+    partial, with orbax's and our temporary names): the only kind of folder a save may clear."""
+    return os.path.isdir(directory) and all(name.lstrip(".").startswith((CONFIG_FILE, PARAMS_DIR))
+                                            for name in os.listdir(directory))
+
+
+def _remove_leftover(path: str) -> None:
+    if _holds_only_checkpoint_files(path):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _recover(directory: str) -> None:
@@ -65,35 +70,48 @@ def _recover(directory: str) -> None:
                 break
     if _is_complete(directory):
         for leftover in (partial, previous):
-            if os.path.exists(leftover):
-                shutil.rmtree(leftover, ignore_errors=True)
+            _remove_leftover(leftover)
 
 
 def save_params(directory: str | os.PathLike, params, config: SSDConfig | None = None, *,
                 metadata: dict | None = None, overwrite: bool = False) -> str:
     """Writes ``params`` (and ``config`` or free-form ``metadata``) to ``directory``; returns it.
 
-    With ``overwrite`` an existing checkpoint is replaced only once the new one is complete.
+    With ``overwrite`` an existing checkpoint is replaced, only once the new one is complete.
+    What else the old checkpoint's directory holds (``evaluate.py``'s ``eval/``) moves into the
+    new one. A directory that is not a checkpoint (files of the user's, another program's
+    output) is never written over: ``FileExistsError``, with or without ``overwrite``. An empty
+    one is used.
     """
     directory = os.path.abspath(os.fspath(directory))
     _recover(directory)
+    if os.path.lexists(directory) and not (_is_complete(directory) or _holds_only_checkpoint_files(directory)):
+        raise files.OutputExistsError(
+            f"{directory} already exists and is not an ssd_jax checkpoint (it holds other files); a checkpoint is "
+            f"never written over them: choose another directory")
     if os.path.exists(os.path.join(directory, PARAMS_DIR)) and not overwrite:
-        raise FileExistsError(f"{directory} already holds a checkpoint; pass overwrite=True to replace it")
-    partial = directory + PARTIAL_SUFFIX
-    shutil.rmtree(partial, ignore_errors=True)
+        raise files.OutputExistsError(f"{directory} already holds a checkpoint; pass overwrite=True (--overwrite) "
+                                      f"to replace it")
+    partial, previous = directory + PARTIAL_SUFFIX, directory + PREVIOUS_SUFFIX
+    for path in (partial, previous):  # the names a save passes through
+        if os.path.lexists(path) and not _holds_only_checkpoint_files(path):
+            raise files.OutputExistsError(f"{path} is in the way of the save (a save passes through that name) and "
+                                          f"is not a part of an ssd_jax checkpoint; move it away")
+    _remove_leftover(partial)
     os.makedirs(partial)
     payload = {"config": configs.to_dict(config) if config is not None else None, **(metadata or {})}
     params = jax.tree.map(np.asarray, params)
     with _process_local_checkpointer() as checkpointer:
         checkpointer.save(os.path.join(partial, PARAMS_DIR), params)
         checkpointer.wait_until_finished()
-    _write_json_atomically(os.path.join(partial, CONFIG_FILE), payload)  # last: marks the new one complete
+    files.write_json_atomically(os.path.join(partial, CONFIG_FILE), payload)  # last: marks the new one complete
     if os.path.exists(directory):
-        previous = directory + PREVIOUS_SUFFIX
-        shutil.rmtree(previous, ignore_errors=True)
+        _remove_leftover(previous)
+        for name in set(os.listdir(directory)) - {CONFIG_FILE, PARAMS_DIR}:  # kept, in the new checkpoint
+            os.replace(os.path.join(directory, name), os.path.join(partial, name))
         os.replace(directory, previous)
         os.replace(partial, directory)
-        shutil.rmtree(previous, ignore_errors=True)
+        _remove_leftover(previous)
     else:
         os.replace(partial, directory)
     return directory
@@ -105,9 +123,11 @@ def load_metadata(directory: str | os.PathLike) -> dict:
     _recover(directory)
     config_path = os.path.join(directory, CONFIG_FILE)
     if not _is_complete(directory):
+        inside = os.path.join(directory, "params")
+        hint = (f"; did you mean {inside}? (a training workdir keeps its final parameters there)"
+                if _is_complete(inside) else "; write one with experiments/convert_weights.py or training")
         raise FileNotFoundError(
-            f"{directory} is not a complete ssd_jax parameter checkpoint (needs {CONFIG_FILE} and "
-            f"{PARAMS_DIR}/); write one with experiments/convert_weights.py or training")
+            f"{directory} is not a complete ssd_jax parameter checkpoint (needs {CONFIG_FILE} and {PARAMS_DIR}/){hint}")
     try:
         with open(config_path) as f:
             return json.load(f)

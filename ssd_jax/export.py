@@ -9,16 +9,20 @@ The class names, the model config and the options travel with it (``metadata``).
 |---|---|---|---|
 | StableHLO (``jax.export``) | free | free (resized inside) | ``PATH.json`` beside it |
 | SavedModel (``jax2tf``) | free | free (resized inside, by TF) | ``assets/ssd_jax.json`` |
-| TFLite (from the SavedModel route) | fixed (``batch``) | fixed (``input_size``) | ``PATH.json`` beside it |
+| TFLite (from the SavedModel route) | fixed (``batch``); another one fails | free (resized inside) | ``PATH.json`` |
 | ONNX (``jax2onnx``) | fixed (``batch``) | fixed (``input_size``) | ``metadata_props`` |
 
-Why: TFLite needs static shapes for this program, and jax2onnx exports it at a fixed batch.
-The SavedModel serves any batch by running its fixed-batch program once per image
-(``tf.map_fn``). TF 2.21 reads StableHLO up to 1.13.7 while jax 0.10 writes the 4-week window
-(1.15.0): the SavedModel and TFLite programs are written for the 12-week window, which TF
-reads. TFLite and ONNX run the post-processing as ``nms.portable_batched_nms`` (top_k and a
-while loop, the ops they all have) and max pooling as slices and maxima (ONNX Runtime's MaxPool
-refuses jax2onnx's 4-d window): the same detections, but for the order of exactly equal scores.
+Why: jax2onnx exports this program at a fixed batch and size, and TFLite runs the detection
+program at a fixed batch (its interpreter fails on the dynamic shapes a free batch would need).
+The TFLite model takes images of any size and resizes them inside, as the SavedModel does; its
+first operation reshapes the input to its own batch, so that another batch fails there instead
+of answering for its first image only. ONNX Runtime refuses other shapes itself. The
+SavedModel serves any batch by running its fixed-batch program once per image (``tf.map_fn``).
+TF 2.21 reads StableHLO up to 1.13.7 while jax 0.10 writes the 4-week window (1.15.0): the
+SavedModel and TFLite programs are written for the 12-week window, which TF reads. TFLite and
+ONNX run the post-processing as ``nms.portable_batched_nms`` (top_k and a while loop, the ops
+they all have) and max pooling as slices and maxima (ONNX Runtime's MaxPool refuses jax2onnx's
+4-d window): the same detections, but for the order of exactly equal scores.
 """
 
 from __future__ import annotations
@@ -27,8 +31,6 @@ import contextlib
 import functools
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 
 import jax
@@ -36,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssd_jax import boxes as box_lib
-from ssd_jax import configs
+from ssd_jax import configs, files
 from ssd_jax.configs import SSDConfig
 from ssd_jax.detect import _detect, postprocess_options, resize_images
 from ssd_jax.models import SSD, fast_grads
@@ -54,7 +56,7 @@ class ExportError(ValueError):
 
 def metadata(config: SSDConfig, options: PostprocessOptions, class_names=None, **extra) -> dict:
     """What travels with an artifact: the model config, class names, post-processing options."""
-    return {"format_version": 1, "config": configs.to_dict(config),
+    return {"producer": files.PRODUCER, "format_version": 1, "config": configs.to_dict(config),
             "class_names": list(class_names) if class_names else None, "postprocess": options._asdict(),
             "inputs": {"images": "uint8 [N, H, W, 3] RGB"}, "outputs": list(OUTPUTS), **extra}
 
@@ -91,35 +93,95 @@ def portable_detect_function(params, config: SSDConfig, options: PostprocessOpti
 
 
 def _exporter(exporter: Callable) -> Callable:
-    """An exporter ``(params, config, path, *, options=None, ...)``: options default to the
-    model's own (``detect.postprocess_options``), and its program is traced with native depthwise
-    convolutions (not the taps that a CPU host would otherwise trace)."""
+    """An exporter ``(params, config, path, *, options=None, overwrite=False, ...)``: options default
+    to the model's own (``detect.postprocess_options``); ``path`` is checked before the (long)
+    export, and its program is traced with native depthwise convolutions (not the taps that a
+    CPU host would otherwise trace)."""
 
     @functools.wraps(exporter)
-    def wrapped(params, config: SSDConfig, path: str, *, options: PostprocessOptions | None = None, **kwargs):
-        with fast_grads.native_depthwise():
+    def wrapped(params, config: SSDConfig, path: str, *, options: PostprocessOptions | None = None,
+                overwrite: bool = False, **kwargs):
+        path = os.fspath(path)
+        check_output(path, exporter.__name__.removeprefix("to_"), overwrite=overwrite)
+        with fast_grads.native_depthwise(), _quiet_tensorflow():
             return exporter(params, config, path, options=postprocess_options(config) if options is None else options,
                             **kwargs)
 
     return wrapped
 
 
-def _check_output(path: str) -> None:
-    """Refuses to write where it cannot, before the (long) export."""
-    parent = os.path.dirname(os.path.abspath(path)) or "."
+def _is_our_metadata(path: str, format: str) -> bool:
+    """Whether the JSON file ``path`` is the metadata of an ssd_jax ``format`` artifact (also
+    those written before metadata named its producer)."""
+    return files.is_our_json(path, legacy=lambda value: "format_version" in value and "config" in value) and (
+        files.read_json(path).get("format") == format)
+
+
+def _is_onnx_artifact(path: str) -> bool:
     try:
-        os.makedirs(parent, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".export_probe_"):
-            pass
+        import onnx
+
+        model = onnx.load(path, load_external_data=False)
+    except Exception:  # noqa: BLE001 - not an ONNX file at all, or no onnx to read it: not ours either way
+        return False
+    return any(entry.key == "ssd_jax" for entry in model.metadata_props)
+
+
+def is_artifact(path: str, format: str) -> bool:
+    """Whether ``path`` is an artifact of ``format`` that ssd_jax exported (its metadata says so):
+    what ``overwrite`` may replace."""
+    if format == "savedmodel":
+        return os.path.isdir(path) and _is_our_metadata(os.path.join(path, "assets", METADATA_FILE), format)
+    if os.path.isdir(path):
+        return False
+    if format == "onnx":
+        return _is_onnx_artifact(path)
+    # StableHLO and TFLite: the metadata beside the file (the file may be gone).
+    return _is_our_metadata(f"{path}.json", format)
+
+
+def check_output(path: str, format: str, *, overwrite: bool = False) -> bool:
+    """Refuses to write an export where it cannot or must not, before the (long) export: a
+    directory it cannot write in, an existing path without ``overwrite``, or anything there (the
+    artifact or its metadata file) that is not an ssd_jax artifact of this format -> whether it
+    will replace one."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        files.check_writable(parent)
     except OSError as error:
         raise ExportError(f"cannot write the export to {path} ({error}); choose another --out") from error
+    what = f"a {format} export"
+    try:
+        taken = files.claim(path, overwrite=overwrite, is_ours=lambda p: is_artifact(p, format), what=what)
+        if format in ("stablehlo", "tflite"):
+            taken |= files.claim(f"{path}.json", overwrite=overwrite, is_ours=lambda p: _is_our_metadata(p, format),
+                                 what=f"the metadata of {what}")
+    except files.OutputExistsError as error:
+        raise ExportError(str(error)) from error
+    return taken
 
 
-def _write_json(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
+class _UnsavedGradientNotes:
+    """A logging filter for the one TensorFlow note an export always triggers: that the functions
+    the converter reloads have custom gradients, which an exported detector never asks for."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return not str(record.msg).startswith("Importing a function (")
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow():
+    """Holds back TensorFlow's notes about what it is not asked to do while it converts our program
+    (it logs them through absl; every other warning still shows)."""
+    import logging
+
+    logger = logging.getLogger("absl")
+    logger.addFilter(_UnsavedGradientNotes)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_UnsavedGradientNotes)
 
 
 # ----------------------------------------------------------------------------- StableHLO
@@ -129,16 +191,12 @@ def to_stablehlo(params, config: SSDConfig, path: str, *, options: PostprocessOp
     """A serialized ``jax.export.Exported`` of detect, batch and image size symbolic, parameters
     inside -> ``path``; ``jax.export.deserialize(data).call(images)`` returns the outputs dict.
     The metadata goes to ``path + '.json'``."""
-    _check_output(path)
     n, h, w = jax.export.symbolic_shape("n, h, w")
     exported = jax.export.export(jax.jit(detect_function(params, config, options)))(
         jax.ShapeDtypeStruct((n, h, w, 3), jnp.uint8))
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(exported.serialize())
-    os.replace(tmp, path)
-    _write_json(f"{path}.json", metadata(config, options, class_names, format="stablehlo",
-                                         batch="free", image_size="free"))
+    files.write_json_atomically(f"{path}.json", metadata(config, options, class_names, format="stablehlo",
+                                                          batch="free", image_size="free"))
+    files.write_atomically(path, bytes(exported.serialize()))
     return path
 
 
@@ -183,13 +241,13 @@ def to_savedmodel(params, config: SSDConfig, path: str, *, options: PostprocessO
     any N, H and W -> the outputs; metadata in ``assets/ssd_jax.json``."""
     import tensorflow as tf
 
-    _check_output(path)
     size = config.image_size
     with _stablehlo_for_tensorflow():
         core = _tf_core(params, config, options)
         signature = {"boxes": tf.float32, "scores": tf.float32, "classes": tf.int32, "num_detections": tf.int32}
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")],
+                     autograph=False)
         def serve(images):
             def one(image):  # the program has a fixed batch of one: once per image
                 return {key: value[0] for key, value in core(_tf_resize(image[None], size)).items()}
@@ -198,58 +256,53 @@ def to_savedmodel(params, config: SSDConfig, path: str, *, options: PostprocessO
 
         module = tf.Module()
         module.serve = serve
-        with tempfile.TemporaryDirectory() as directory:
-            meta = os.path.join(directory, METADATA_FILE)
-            _write_json(meta, metadata(config, options, class_names, format="savedmodel", batch="free",
-                                       image_size="free"))
+        staging = files.staging_directory(path)
+        try:
+            meta = files.write_json_atomically(os.path.join(staging, METADATA_FILE), metadata(
+                config, options, class_names, format="savedmodel", batch="free", image_size="free"))
             module.metadata = tf.saved_model.Asset(meta)
-            staging = f"{path}.partial"
-            shutil.rmtree(staging, ignore_errors=True)
-            tf.saved_model.save(module, staging, signatures={"serving_default": serve})
-    _replace_directory(staging, path)
+            model_dir = os.path.join(staging, "model")
+            tf.saved_model.save(module, model_dir, signatures={"serving_default": serve})
+            files.replace(model_dir, path)
+        finally:
+            files.discard(staging)
     return path
-
-
-def _replace_directory(staging: str, path: str) -> None:
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    elif os.path.exists(path):
-        os.remove(path)
-    os.replace(staging, path)
 
 
 @_exporter
 def to_tflite(params, config: SSDConfig, path: str, *, options: PostprocessOptions = DEFAULTS, class_names=None,
-              batch: int = 1, input_size: int | None = None) -> str:
-    """A TFLite model: ``images`` uint8 [batch, input_size, input_size, 3] (resized inside to the
-    model's size) -> the outputs, under signature 'serving_default'; metadata in ``path + '.json'``."""
+              batch: int = 1) -> str:
+    """A TFLite model: ``images`` uint8 [batch, H, W, 3], any H and W (resized inside to the
+    model's size, as ``detect`` resizes) -> the outputs, under signature 'serving_default';
+    metadata in ``path + '.json'``. Another batch size fails in the interpreter (its first
+    operation reshapes the input to ``batch`` images)."""
     import tensorflow as tf
 
-    _check_output(path)
-    input_size = input_size or config.image_size
     with _stablehlo_for_tensorflow():
         core = _tf_core(params, config, options)
 
-        @tf.function(input_signature=[tf.TensorSpec([batch, input_size, input_size, 3], tf.uint8, name="images")])
+        @tf.function(input_signature=[tf.TensorSpec([batch, None, None, 3], tf.uint8, name="images")],
+                     autograph=False)
         def serve(images):
-            pixels = tf.cast(images, tf.float32)
-            if input_size != config.image_size:
-                pixels = _tf_resize(images, config.image_size)
-            return core(pixels)
+            shape = tf.shape(images)
+            # The interpreter resizes its input to whatever it is given: this reshape fails for another
+            # batch, instead of the program answering for the first image(s) only.
+            images = tf.reshape(images, tf.stack([batch, shape[1], shape[2], 3]))
+            return core(_tf_resize(images, config.image_size))
 
         module = tf.Module()
         module.serve = serve
-        with tempfile.TemporaryDirectory() as directory:
-            tf.saved_model.save(module, directory, signatures={"serving_default": serve})
-            converter = tf.lite.TFLiteConverter.from_saved_model(directory)
+        staging = files.staging_directory(path)
+        try:
+            tf.saved_model.save(module, staging, signatures={"serving_default": serve})
+            converter = tf.lite.TFLiteConverter.from_saved_model(staging)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
             model = converter.convert()
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(model)
-    os.replace(tmp, path)
-    _write_json(f"{path}.json", metadata(config, options, class_names, format="tflite", batch=batch,
-                                         image_size=input_size))
+        finally:
+            files.discard(staging)
+    files.write_json_atomically(f"{path}.json", metadata(config, options, class_names, format="tflite", batch=batch,
+                                                          image_size="free"))
+    files.write_atomically(path, model)
     return path
 
 
@@ -263,12 +316,11 @@ def to_onnx(params, config: SSDConfig, path: str, *, options: PostprocessOptions
 
     logging.getLogger("jax2onnx").setLevel(logging.ERROR)  # its optional example plugins say what they lack
     try:
-        import onnx
+        import onnx  # noqa: F401  (the model's metadata is written with it)
         from jax2onnx import to_onnx as jax_to_onnx
     except ImportError as error:
         raise ExportError(f"ONNX export needs onnx, onnx-ir and jax2onnx ({error}): pip install -e '.[export]' "
                           f"&& pip install --no-deps 'jax2onnx==0.17.1'") from error
-    _check_output(path)
     input_size = input_size or config.image_size
     core = portable_detect_function(params, config, options)
 
@@ -285,9 +337,7 @@ def to_onnx(params, config: SSDConfig, path: str, *, options: PostprocessOptions
     for key, value in (("ssd_jax", json.dumps(info)), ("class_names", json.dumps(info["class_names"]))):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    tmp = f"{path}.tmp"
-    onnx.save(model, tmp)
-    os.replace(tmp, path)
+    files.write_atomically(path, model.SerializeToString())
     return path
 
 
@@ -295,14 +345,26 @@ EXPORTERS = {"stablehlo": to_stablehlo, "savedmodel": to_savedmodel, "tflite": t
 
 
 def export(params, config: SSDConfig, path: str, *, format: str, options: PostprocessOptions | None = None,
-           class_names=None, batch: int = 1, input_size: int | None = None) -> str:
-    """Writes ``format`` (one of ``FORMATS``) of the detector to ``path``; returns it. ``options``:
-    the post-processing baked in (default: ``postprocess_options(config)``, as ``detect``)."""
+           class_names=None, batch: int = 1, input_size: int | None = None, overwrite: bool = False) -> str:
+    """Writes ``format`` (one of ``FORMATS``) of the detector to ``path``; returns it.
+
+    ``options``: the post-processing baked in (default: ``postprocess_options(config)``, as
+    ``detect``). ``batch``: the fixed batch of TFLite and ONNX; ``input_size``: ONNX's fixed
+    image side (TFLite, StableHLO and the SavedModel take any size). An existing ``path`` is
+    replaced only with ``overwrite`` and only if it is an ssd_jax export of the same format
+    (``ExportError`` otherwise, before any work); the new artifact takes its place whole.
+    """
     if format not in EXPORTERS:
         raise ExportError(f"unknown format {format!r}; choose one of {list(FORMATS)}")
     if batch < 1 or (input_size is not None and input_size < 1):
         raise ExportError(f"batch and input_size must be >= 1, got {batch}, {input_size}")
-    kwargs = {"options": options, "class_names": class_names}
-    if format in ("tflite", "onnx"):
+    if input_size is not None and format != "onnx":
+        raise ExportError(f"input_size fixes the image size of ONNX models only; {format} takes any size")
+    if batch != 1 and format not in ("tflite", "onnx"):
+        raise ExportError(f"batch fixes the batch of TFLite and ONNX models only; {format} takes any batch")
+    kwargs = {"options": options, "class_names": class_names, "overwrite": overwrite}
+    if format == "tflite":
+        kwargs.update(batch=batch)
+    if format == "onnx":
         kwargs.update(batch=batch, input_size=input_size)
     return EXPORTERS[format](jax.tree.map(np.asarray, params), config, path, **kwargs)

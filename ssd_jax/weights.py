@@ -452,3 +452,40 @@ def merge_backbone(params: dict, backbone: dict) -> dict:
     for name, layer in backbone["backbone"].items():
         merged["backbone"][name] = {k: np.asarray(v) for k, v in layer.items()}
     return merged
+
+
+# Layouts of published SSD weights that ``load_detector`` reads, besides ssd_jax's own checkpoints.
+SSD_WEIGHT_FORMATS = ("torchvision", "amdegroot", "caffe")
+
+
+def load_detector(*, checkpoint: str | None = None, weights: str | None = None, format: str = "torchvision",
+                  prototxt: str | None = None, mean_bgr: tuple[float, float, float] | None = None
+                  ) -> tuple[dict, SSDConfig, dict]:
+    """A detector from an ssd_jax ``checkpoint`` directory or from published ``weights`` of a
+    ``format`` of ``SSD_WEIGHT_FORMATS`` (Caffe: ``weights`` is the caffemodel, with its
+    ``prototxt``) -> (params, config, metadata: 'class_names' and 'category_ids' where known).
+
+    Raises ``FileNotFoundError``, ``ValueError`` (an unreadable or unfitting file) or
+    ``ImportError`` (torch needed for .pth), each naming the problem.
+    """
+    from ssd_jax import checkpoint as checkpoint_lib
+    from ssd_jax import classes
+
+    if (checkpoint is None) == (weights is None):
+        raise ValueError("give exactly one of a checkpoint directory or a weight file")
+    if checkpoint is not None:
+        params, config = checkpoint_lib.load_params(checkpoint)
+        return params, config, checkpoint_lib.load_metadata(checkpoint)
+    if format not in SSD_WEIGHT_FORMATS:
+        raise ValueError(f"unknown weight format {format!r}; choose one of {list(SSD_WEIGHT_FORMATS)}")
+    if format == "caffe":
+        if not prototxt:
+            raise ValueError("Caffe weights need their deploy prototxt (--prototxt=FILE) besides the caffemodel")
+        params, config = from_caffe(prototxt, weights, mean_bgr=mean_bgr)
+        return params, config, {}
+    state_dict = load_state_dict(weights)
+    if format == "torchvision":
+        params, config = from_torchvision(state_dict), torchvision_config(state_dict)
+    else:
+        params, config = from_amdegroot(state_dict), amdegroot_config(state_dict)
+    return params, config, {"class_names": classes.names_for_class_count(config.num_classes)}

@@ -18,6 +18,8 @@ import json
 import os
 import socket
 
+from ssd_jax import files
+
 LOCK_FILE = "lock"
 RUN_FILE = "run.json"
 HISTORY_FILE = "metrics.jsonl"
@@ -38,24 +40,10 @@ class WorkdirError(RuntimeError):
 def check_writable(workdir: str) -> None:
     """Creates ``workdir`` if needed and proves a file can be written there, or raises WorkdirError."""
     try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test.{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        files.check_writable(workdir)
     except OSError as error:
         raise WorkdirError(f"cannot write to workdir {workdir} ({error.strerror or error}); choose another "
                            f"--workdir or fix its permissions") from error
-
-
-def write_text_atomically(path: str, text: str) -> None:
-    """Replaces ``path`` with ``text`` in one rename: readers see the old or the new file, never half."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- lock
@@ -143,7 +131,7 @@ def check_same_run(workdir: str, config: dict) -> list[str]:
 
 
 def record_run(workdir: str, config: dict) -> None:
-    write_text_atomically(os.path.join(workdir, RUN_FILE), json.dumps({"config": config}, indent=2) + "\n")
+    files.write_atomically(os.path.join(workdir, RUN_FILE), json.dumps({"config": config}, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------- history
@@ -177,7 +165,7 @@ def truncate_history(workdir: str, step: int) -> int:
         kept = [line for line in lines if _record_step(line) is not None and _record_step(line) <= step]
         dropped += len(lines) - len(kept)
         if dropped:
-            write_text_atomically(path, "".join(kept))
+            files.write_atomically(path, "".join(kept))
     dropped += _truncate_tensorboard(os.path.join(workdir, TENSORBOARD_DIR), step)
     return dropped
 

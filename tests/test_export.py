@@ -1,6 +1,7 @@
 """Exported detectors reloaded where neither JAX nor ssd_jax can be imported give detect's
 detections: StableHLO, TF SavedModel (any batch and size), TFLite and ONNX (fixed batch)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -59,11 +60,23 @@ RUN_SAVEDMODEL = NO_JAX + textwrap.dedent("""
 """)
 
 RUN_TFLITE = NO_JAX + textwrap.dedent("""
-    import numpy as np, tensorflow as tf
-    runner = tf.lite.Interpreter(model_path=sys.argv[1]).get_signature_runner("serving_default")
+    import numpy as np
+    sys.modules["tensorflow"] = None  # LiteRT, TFLite's own runtime, runs without TensorFlow ...
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # ... where it installs; elsewhere TensorFlow's (deprecated) interpreter
+        del sys.modules["tensorflow"]
+        import tensorflow as tf
+        Interpreter = tf.lite.Interpreter
+    runner = Interpreter(model_path=sys.argv[1]).get_signature_runner("serving_default")
     batch = np.load(sys.argv[2])
     results = [runner(images=image[None]) for image in batch]  # the model's batch is fixed at 1
     np.savez(sys.argv[3], **{k: np.concatenate([r[k] for r in results]) for k in results[0]})
+    try:  # another batch fails instead of answering for the first image
+        runner(images=batch[:2] if len(batch) > 1 else np.concatenate([batch, batch]))
+    except Exception as error:
+        print("REFUSED", str(error).splitlines()[0])
+    print("RUNTIME", Interpreter.__module__)
 """)
 
 RUN_ONNX = NO_JAX + textwrap.dedent("""
@@ -73,6 +86,10 @@ RUN_ONNX = NO_JAX + textwrap.dedent("""
     names = [o.name for o in session.get_outputs()]
     results = [dict(zip(names, session.run(None, {"images": image[None]}))) for image in batch]
     np.savez(sys.argv[3], **{k: np.concatenate([r[k] for r in results]) for k in names})
+    try:  # another image size fails in ONNX Runtime's own input check
+        session.run(None, {"images": np.zeros((1, 201, 251, 3), np.uint8)})
+    except Exception as error:
+        print("REFUSED", str(error).splitlines()[0])
     print(json.dumps({p.key: p.value for p in onnx.load(sys.argv[1]).metadata_props}))
 """)
 
@@ -97,6 +114,9 @@ def test_savedmodel_serves_any_batch_and_size_from_one_artifact(params, tmp_path
         expected = ssd_jax.detect(params, batch, config=CONFIG)
         # TF resizes and computes in another order than XLA: float noise; the same detections.
         assert_same_detections(outputs, expected)
+    assert export.is_artifact(path, "savedmodel") and not export.is_artifact(path, "tflite")
+    with pytest.raises(export.ExportError, match="already holds a savedmodel export; pass --overwrite"):
+        export.export(params, CONFIG, path, format="savedmodel")  # refused before any work
 
 
 @pytest.mark.parametrize("fmt, program", [("tflite", RUN_TFLITE), ("onnx", RUN_ONNX)])
@@ -104,16 +124,31 @@ def test_fixed_batch_formats_give_the_same_detections(params, tmp_path, fmt, pro
     if fmt == "onnx":  # the optional extra: pip install -e '.[export]' && pip install --no-deps jax2onnx
         pytest.importorskip("onnxruntime")
         pytest.importorskip("jax2onnx")
-    path = export.export(params, CONFIG, str(tmp_path / f"model.{fmt}"), format=fmt, class_names=NAMES)
-    for count in (1, 3):
-        batch = images(count, CONFIG.image_size, CONFIG.image_size, seed=10 + count)
+    path = str(tmp_path / f"model.{fmt}")
+    if fmt == "tflite":  # from the command line, which must not print TensorFlow's notes about our code
+        ckpt = checkpoint.save_params(tmp_path / "ckpt", params, CONFIG, metadata={"class_names": list(NAMES)})
+        out = subprocess.run([sys.executable, os.path.join(EXPERIMENTS, "export.py"), f"--checkpoint={ckpt}",
+                              "--format=tflite", f"--out={path}"], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        for noise in ("Please report this to the TensorFlow team", "AutoGraph", "Importing a function"):
+            assert noise not in out.stderr, out.stderr[-3000:]
+    else:
+        export.export(params, CONFIG, path, format=fmt, class_names=NAMES)
+    # TFLite resizes inside as the SavedModel does: any image size, here 201 x 251 too.
+    sizes = [(1, 128, 128), (3, 128, 128)] + ([(2, 201, 251)] if fmt == "tflite" else [])
+    for count, height, width in sizes:
+        batch = images(count, height, width, seed=10 + count)
         stdout = run_fresh(program, path, save_images(tmp_path / "in.npy", batch), str(tmp_path / "out.npz"))
         assert_same_detections(np.load(tmp_path / "out.npz"), ssd_jax.detect(params, batch, config=CONFIG))
+        assert "REFUSED" in stdout, stdout  # a batch (TFLite) or image size (ONNX) it was not made for
     if fmt == "onnx":
         meta = json.loads(json.loads(stdout.splitlines()[-1])["ssd_jax"])
+        assert meta["image_size"] == CONFIG.image_size
     else:
         meta = json.loads(open(f"{path}.json").read())
-    assert meta["class_names"] == list(NAMES) and meta["batch"] == 1 and meta["image_size"] == CONFIG.image_size
+        assert meta["image_size"] == "free"
+        assert "RUNTIME ai_edge_litert" in stdout or importlib.util.find_spec("ai_edge_litert") is None
+    assert meta["class_names"] == list(NAMES) and meta["batch"] == 1
 
 
 def test_stablehlo_from_the_command_line_serves_any_batch(params, tmp_path):

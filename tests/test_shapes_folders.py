@@ -100,7 +100,8 @@ def test_voc_split_files_partition_the_images_with_the_requested_fraction(voc, t
     assert half["splits"] == {"trainval": 3, "test": 3}
 
     unsplit = shapes.write_voc_folder(tmp_path / "unsplit", 2, seed=SEED, split_files=False)
-    assert sorted(os.listdir(tmp_path / "unsplit")) == ["Annotations", "JPEGImages"] and unsplit["splits"] == {}
+    assert sorted(os.listdir(tmp_path / "unsplit")) == ["Annotations", "JPEGImages", shapes.MARKER]
+    assert unsplit["splits"] == {}
 
 
 def test_coco_json_loads_with_pycocotools_with_non_contiguous_ids_and_boxes_inside_images(coco):

@@ -215,7 +215,7 @@ def test_a_parameter_save_killed_between_its_renames_loses_nothing(tmp_path, mon
     def fail(*args, **kwargs):
         raise Killed
 
-    monkeypatch.setattr(checkpoint, "_write_json_atomically", fail)
+    monkeypatch.setattr(checkpoint.files, "write_json_atomically", fail)
     with pytest.raises(Killed):
         checkpoint.save_params(directory, old, config, overwrite=True)
     monkeypatch.undo()

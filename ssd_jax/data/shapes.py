@@ -43,6 +43,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
+from ssd_jax import files
 from ssd_jax.classes import SHAPES_CLASS_NAMES as CLASS_NAMES
 
 NUM_TRAIN = 3000
@@ -424,6 +425,7 @@ CROWD_FRACTION = 0.03      # of the objects of a COCO json, marked iscrowd 1
 COCO_DECIMALS = 2          # of COCO's float boxes and areas, as in COCO's own files
 VOC_LAYOUT = ('Annotations', 'ImageSets', 'JPEGImages')
 COCO_LAYOUT = ('annotations', 'train2017', 'val2017')
+MARKER = 'ssd_jax_shapes.json'  # written last into a folder of shapes files: the writer's summary
 
 
 class FileExample(NamedTuple):
@@ -552,7 +554,9 @@ def _check_file_options(count, seed, test_fraction, jpeg_quality):
 
 def _prepare_root(root, layout, overwrite):
     """Creates `root`; refuses a non-empty one unless `overwrite`, which removes `layout` (the
-    entries a writer makes) from it and leaves anything else. Returns root as a str."""
+    entries a writer makes) from it and leaves anything else, but only if those entries are a
+    writer's own (the MARKER file says so): a user's folders of the same names are never removed.
+    Returns root as a str."""
     root = os.fspath(root)
     if os.path.exists(root) and not os.path.isdir(root):
         raise NotADirectoryError(f'{root} exists and is not a directory')
@@ -562,13 +566,24 @@ def _prepare_root(root, layout, overwrite):
         raise FileExistsError(
             f'{root} is not empty (it holds {len(entries)} entries, e.g. {entries[0]!r}): write to a new or empty '
             f'directory, or pass overwrite=True (--overwrite) to replace its {", ".join(layout)}')
-    for name in layout:
+    present = [name for name in (*layout, MARKER) if os.path.lexists(os.path.join(root, name))]
+    if present and not files.is_our_json(os.path.join(root, MARKER)):
+        raise FileExistsError(
+            f'{root} holds {", ".join(present)} that this writer did not make (no {MARKER} of ssd_jax there): they '
+            f'are never replaced. Write to a new or empty directory')
+    for name in (*layout, MARKER):
         path = os.path.join(root, name)
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
         elif os.path.lexists(path):
             os.remove(path)
     return root
+
+
+def _write_marker(root, summary):
+    """Marks `root`'s folders as this writer's (what `overwrite` may replace) -> the summary."""
+    files.write_json_atomically(os.path.join(root, MARKER), {'producer': files.PRODUCER, **summary})
+    return summary
 
 
 def _write_bytes(path, data):
@@ -630,14 +645,14 @@ def write_voc_folder(root, count, *, seed=0, test_fraction=0.25, split_files=Tru
         os.makedirs(main)
         for split, stems in splits.items():
             _write_text(os.path.join(main, f'{split}.txt'), ''.join(f'{stem}\n' for stem in stems))
-    return {
+    return _write_marker(root, {
         'format': 'voc',
         'root': root,
         'images': count,
         'splits': {split: len(stems) for split, stems in splits.items()} if split_files else {},
         'objects': {name: objects[name] for name in CLASS_NAMES},
         'difficult': num_difficult,
-    }
+    })
 
 
 def write_coco_json(root, count, *, seed=0, test_fraction=0.25, jpeg_quality=90, overwrite=False):
@@ -702,7 +717,7 @@ def write_coco_json(root, count, *, seed=0, test_fraction=0.25, jpeg_quality=90,
     for split, data in files.items():
         _write_text(os.path.join(root, 'annotations', f'instances_{split}.json'),
                     json.dumps(data, separators=(',', ':')))
-    return {
+    return _write_marker(root, {
         'format': 'coco',
         'root': root,
         'images': count,
@@ -710,4 +725,4 @@ def write_coco_json(root, count, *, seed=0, test_fraction=0.25, jpeg_quality=90,
         'objects': {name: objects[name] for name in CLASS_NAMES},
         'iscrowd': num_crowd,
         'category_ids': dict(zip(CLASS_NAMES, FILE_CATEGORY_IDS)),
-    }
+    })

@@ -9,11 +9,11 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 
 import numpy as np
 
+from ssd_jax import files
 from ssd_jax.configs import SSDConfig
 from ssd_jax.data import pipeline
 from ssd_jax.evaluation import plots
@@ -56,11 +56,22 @@ def evaluation_batches(source: pipeline.Source, *, image_size: int, batch_size: 
                                                    image_size=image_size))
 
 
-def check_writable(directory: str) -> None:
-    """Creates ``directory`` and writes (and removes) a probe file there; ``OSError`` if it cannot."""
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write_probe_"):
-        pass
+def is_report_file(path: str) -> bool:
+    """Whether ``path`` is one of ``REPORT_FILES`` as ``write_report`` writes it (what an
+    evaluation may replace): a metrics.json of ours, or a picture that ssd_jax drew."""
+    if path.endswith(".json"):
+        value = files.read_json(path)
+        return isinstance(value, dict) and {"voc07_mAP", "voc_mAP"} <= set(value)
+    return files.is_our_png(path)
+
+
+def claim_report(out_dir: str, *, overwrite: bool) -> None:
+    """Makes sure ``write_report`` may write in ``out_dir``, before an evaluation: the directory is
+    writable (``OSError``), and its report files are free or, with ``overwrite``, an earlier
+    report (``files.OutputExistsError``)."""
+    files.check_writable(out_dir)
+    files.claim_all([os.path.join(out_dir, name) for name in REPORT_FILES], overwrite=overwrite,
+                    is_ours=is_report_file, what="evaluation results")
 
 
 def evaluate_split(params, model_config: SSDConfig, source: pipeline.Source, *, batch_size: int,
@@ -116,10 +127,8 @@ def write_report(out_dir: str, metrics: dict, evaluator: Evaluator, detections=N
                  title: str) -> list[str]:
     """metrics.json, class_ap.png and (with the records) precision_recall.png -> the paths written."""
     os.makedirs(out_dir, exist_ok=True)
-    written = [os.path.join(out_dir, "metrics.json")]
-    with open(written[0], "w") as f:
-        json.dump({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}, f,
-                  indent=2)
+    written = [files.write_json_atomically(os.path.join(out_dir, "metrics.json"), {
+        k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()})]
     per_class = {name: metrics[f"AP/{name}"] for name in evaluator.class_names}
     written.append(plots.plot_class_ap(per_class, os.path.join(out_dir, "class_ap.png"), mean_ap=metrics["voc_mAP"],
                                        title=f"{title}, all-point AP"))
@@ -140,8 +149,7 @@ def draw_split_detections(params, model_config: SSDConfig, source: pipeline.Sour
     batch = next(evaluation_batches(source, image_size=model_config.image_size, batch_size=count))
     detections = ssd_jax.detect(params, batch["image"], config=model_config)
     sheet = visualize.detection_sheet(detections, batch["image"], source.class_names)
-    sheet.save(path)
-    return path
+    return files.write_png(path, sheet)
 
 
 def format_table(metrics: dict, class_names) -> str:

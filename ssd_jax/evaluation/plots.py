@@ -6,6 +6,7 @@ the process-wide backend is left alone.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Mapping
@@ -14,15 +15,19 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ssd_jax import files
+
 
 def _save(figure: Figure, path) -> str:
+    """The figure as a PNG at ``path``, written atomically and marked as ssd_jax's (``files``)."""
     path = os.fspath(path)
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=100)
-    return path
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": files.PRODUCER})
+    return files.write_atomically(path, buffer.getvalue())
 
 
 def plot_class_ap(per_class_ap: Mapping[str, float], path, *, mean_ap: float | None = None,
