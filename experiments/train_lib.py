@@ -4,6 +4,7 @@ itself with its one-line errors and exit codes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -44,10 +45,34 @@ def define_config_flag(default_file: str) -> list[str]:
     command line when the flag is defined, to define the --config.FIELD overrides of the file it names."""
     global CONFIG
     argv = with_dataset_shortcut(sys.argv, default_file)
-    CONFIG = config_flags.DEFINE_config_file(
-        "config", os.path.join(CONFIG_DIR, default_file), "Training config file (experiments/configs/*.py, "
-        "get_config()); override fields with --config.FIELD=VALUE; --show_config lists the fields.", sys_argv=argv)
+    with _nested_fields_reported():
+        # Unknown --config.FIELD overrides are accepted here so that the config checks list them with
+        # every other problem ("did you mean ...") instead of ml_collections failing on the first.
+        CONFIG = config_flags.DEFINE_config_file(
+            "config", os.path.join(CONFIG_DIR, default_file), "Training config file (experiments/configs/*.py, "
+            "get_config()); override fields with --config.FIELD=VALUE; --show_config lists the fields.",
+            sys_argv=argv, lock_config=False, accept_new_attributes=True)
     return argv
+
+
+@contextlib.contextmanager
+def _nested_fields_reported():
+    """--config.a.b=... where 'a' is no field holding fields: ml_collections raises KeyError while it
+    reads the overrides (when --config is defined or parsed); reported like the other problems."""
+    try:
+        yield
+    except (KeyError, AttributeError) as error:
+        name = str(error).strip("\"'").split("'")[0]
+        print(f"error: invalid training config:\n  {name}: not a training config field with fields of its own "
+              f"(the config's fields are flat: --config.FIELD=VALUE)\n(--show_config prints every field)",
+              file=sys.stderr)
+        sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with the config problems it cannot express reported as config problems."""
+    with _nested_fields_reported():
+        return flags.FLAGS(argv)
 
 
 def with_dataset_shortcut(argv: list[str], default_file: str) -> list[str]:
@@ -90,7 +115,7 @@ def main(argv: list[str], *, default_workdir=None) -> None:
                                     f"runs/{config.dataset}_{config.model}")
         run(config, workdir, after_training=draw_test_detections)
 
-    app.run(train_main, argv=argv)
+    app.run(train_main, argv=argv, flags_parser=_parse_flags)
 
 
 def draw_test_detections(config, workdir: str, count: int = 12) -> None:

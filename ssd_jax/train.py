@@ -9,6 +9,7 @@ guard, TensorBoard scalars and periodic evaluation.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import os
@@ -181,7 +182,9 @@ def config_problems(config: ml_collections.ConfigDict, *, device_count: int | No
     known = default_config()
     for key in config.keys():
         if key not in known:
-            problems.append(f"{key}: not a training config field (the fields: {', '.join(sorted(known.keys()))})")
+            close = difflib.get_close_matches(key, list(known.keys()), n=1)
+            problems.append(f"{key}: not a training config field; " + (
+                f"did you mean {close[0]}?" if close else f"the fields are {', '.join(sorted(known.keys()))}"))
 
     def check(field, ok, allowed):
         value = config.get(field)

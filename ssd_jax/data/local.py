@@ -8,8 +8,11 @@ exact resume and per-process split apply as for TFDS data. The index lives in me
 and boxes: some 100 bytes per object) and is built again at each start (about 3,000 VOC
 annotations a second).
 
-Faults in the data are skipped and counted (``SkipStats``): an unreadable or truncated image, a
-malformed annotation, a box that is inverted or outside its image, an object of another class.
+Faults in the data are skipped and counted, each kind under its own name, with a warning naming
+the file and the entry (``SkipStats``): an unreadable or truncated image, a malformed annotation
+file or COCO annotation, a malformed VOC object (its image keeps its other objects), a COCO
+image entry without id, an annotation of an image or category that is not listed, a box that is
+inverted or outside its image, an object of a class left out by ``class_names``.
 A missing folder or file, an empty split or a split without objects fail at once, naming the
 path and what was expected.
 
@@ -46,19 +49,31 @@ EVAL_EVERY = 10  # without split files, every 10th image by file name is for eva
 
 
 class SkipStats(collections.Counter):
-    """What a reader skipped: 'unreadable_images', 'malformed_annotations', 'bad_boxes', 'other_classes'."""
+    """What a reader skipped, by kind (``WORDS``); ``record`` counts one fault and warns about it,
+    naming the file and the entry (the first ``WARNINGS_PER_KIND`` of each kind, then a count)."""
 
-    WORDS = {"unreadable_images": "unreadable image", "malformed_annotations": "malformed annotation",
-             "bad_boxes": "bad box", "other_classes": "object of another class"}
+    WORDS = {"unreadable_images": ("unreadable image", "unreadable images"),
+             "malformed_annotations": ("malformed annotation", "malformed annotations"),
+             "malformed_objects": ("malformed object", "malformed objects"),
+             "malformed_image_entries": ("malformed image entry", "malformed image entries"),
+             "orphan_annotations": ("annotation of no listed image", "annotations of no listed image"),
+             "unknown_categories": ("annotation of an unknown category", "annotations of an unknown category"),
+             "bad_boxes": ("bad box", "bad boxes"),
+             "other_classes": ("object of another class", "objects of other classes")}
+    WARNINGS_PER_KIND = 10
+
+    def record(self, kind: str, where: str, what: str) -> None:
+        """Counts one fault of ``kind`` at ``where`` (a file, or a file and an entry) and warns."""
+        self[kind] += 1
+        if self[kind] <= self.WARNINGS_PER_KIND:
+            logging.warning("skipped %s in %s: %s", self.WORDS[kind][0], where, what)
+        elif self[kind] == self.WARNINGS_PER_KIND + 1:
+            logging.warning("more %s skipped; their count is reported at the start", self.WORDS[kind][1])
 
     def summary(self) -> str:
         """'skipped: 1 unreadable image, 2 bad boxes', or 'skipped: nothing'."""
-        parts = []
-        for key, word in self.WORDS.items():
-            if self[key]:
-                plural = word.replace("box", "boxes") if word.endswith("box") else (
-                    word.replace("object", "objects") if word.startswith("object") else word + "s")
-                parts.append(f"{self[key]} {word if self[key] == 1 else plural}")
+        parts = [f"{self[key]} {words[0] if self[key] == 1 else words[1]}"
+                 for key, words in self.WORDS.items() if self[key]]
         return "skipped: " + (", ".join(parts) if parts else "nothing")
 
 
@@ -153,7 +168,8 @@ class ImageIndex:
             return
         lengths = [len(b) for b in self.boxes]
         boxes, keep = (np.asarray(t) for t in pipeline.clip_and_keep(np.concatenate(self.boxes).reshape(-1, 4)))
-        stats["bad_boxes"] += int(np.sum(~keep))
+        if not np.all(keep):
+            stats["bad_boxes"] += int(np.sum(~keep))
         splits = np.cumsum(lengths)[:-1]
         for i, (b, k) in enumerate(zip(np.split(boxes, splits), np.split(keep, splits))):
             self.boxes[i], self.labels[i], self.difficult[i] = b[k], self.labels[i][k], self.difficult[i][k]
@@ -195,33 +211,36 @@ class ImageIndex:
 
 
 # ----------------------------------------------------------------------------- VOC layout
-def parse_voc_annotation(path: str) -> tuple[list[tuple[str, tuple, bool]], tuple[int, int] | None]:
-    """A VOC XML file -> ([(object name, (xmin, ymin, xmax, ymax) pixels, difficult)], (width, height) or None).
+def parse_voc_annotation(path: str) -> tuple[list[tuple[str, tuple, bool]], tuple[int, int] | None, list[str]]:
+    """A VOC XML file -> ([(object name, (xmin, ymin, xmax, ymax) pixels, difficult)], (width, height)
+    or None, [what is wrong with each object left out: no name, no or a malformed bndbox]).
 
     The corners stay as the XML gives them (1-based, inclusive pixel ranges), as TFDS's VOC keeps
     them, so that both sources give the same boxes and the VOC metric scores them with the
-    devkit's inclusive IoU. Raises ``ValueError`` on a malformed file.
+    devkit's inclusive IoU. Raises ``ValueError`` when the file is not XML at all.
     """
     try:
         root = ElementTree.parse(path).getroot()
     except ElementTree.ParseError as error:
-        raise ValueError(f"{path}: not valid XML ({error})") from error
-    objects = []
-    for obj in root.iter("object"):
+        raise ValueError(f"not valid XML ({error})") from error
+    objects, problems = [], []
+    for number, obj in enumerate(root.iter("object"), start=1):
         name = (obj.findtext("name") or "").strip()
         box = obj.find("bndbox")
         if not name or box is None:
-            raise ValueError(f"{path}: an object without a name or a bndbox")
+            problems.append(f"object {number} ({name or 'no name'}) has {'no bndbox' if name else 'no name'}")
+            continue
         try:
             corners = tuple(float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{path}: object {name!r} has a malformed bndbox") from error
+        except (TypeError, ValueError):
+            problems.append(f"object {number} ({name}) has a malformed bndbox")
+            continue
         objects.append((name, corners, (obj.findtext("difficult") or "0").strip() == "1"))
     try:
         size = (int(root.findtext("size/width")), int(root.findtext("size/height")))
     except (TypeError, ValueError):
         size = None
-    return objects, size
+    return objects, size, problems
 
 
 def voc_splits(root: str) -> tuple[dict[str, list[tuple[str, str]]], str]:
@@ -282,10 +301,16 @@ def open_voc_folder(root: str, class_names=None) -> tuple[tuple[str, ...], dict[
         for folder, stem in items:
             xml_path = os.path.join(folder, "Annotations", stem + ".xml")
             try:
-                parsed[split].append((folder, stem, *parse_voc_annotation(xml_path)))
+                objects, size, problems = parse_voc_annotation(xml_path)
             except (OSError, ValueError) as error:
-                stats["malformed_annotations"] += 1
-                logging.warning("skipping %s: %s", xml_path, error)
+                stats.record("malformed_annotations", xml_path, f"{error}; its image is left out")
+                continue
+            for problem in problems:  # the object is left out, the image and its other objects kept
+                stats.record("malformed_objects", xml_path, problem)
+            if problems and not objects:
+                logging.warning("skipped the image of %s: none of its objects is well formed", xml_path)
+                continue
+            parsed[split].append((folder, stem, objects, size))
     names = tuple(class_names) if class_names else tuple(sorted({name for items in parsed.values()
                                                                  for *_, objects, _ in items
                                                                  for name, _, _ in objects}))
@@ -316,8 +341,7 @@ def _upright_header(path: str, declared_size, stats) -> tuple[int, int, int] | N
     try:
         width, height, orientation = image_header(path)
     except OSError as error:
-        stats["unreadable_images"] += 1
-        logging.warning("skipping %s: unreadable image (%s)", path, error)
+        stats.record("unreadable_images", path, str(error))
         return None
     orientation = orientation_to_apply(width, height, orientation, declared_size)
     return (*upright_size(width, height, orientation), orientation)
@@ -343,7 +367,8 @@ def open_coco_json(annotations: dict[str, str], images: dict[str, str], class_na
             raise ValueError(f"{annotations[split]} is not valid JSON ({error})") from error
         if not isinstance(loaded[split], dict) or "images" not in loaded[split]:
             raise ValueError(f"{annotations[split]} is not a COCO annotation file (no 'images' list)")
-    categories = {c["id"]: c["name"] for data in loaded.values() for c in data.get("categories", [])}
+    categories = {c["id"]: c["name"] for data in loaded.values() for c in data.get("categories", [])
+                  if isinstance(c, dict) and "id" in c and "name" in c}
     if class_names:
         by_name = {name: cat for cat, name in categories.items()}
         missing = [name for name in class_names if name not in by_name]
@@ -355,33 +380,57 @@ def open_coco_json(annotations: dict[str, str], images: dict[str, str], class_na
         category_ids = tuple(sorted(categories))
     names = tuple(categories[c] for c in category_ids)
     contiguous = {cat: k + 1 for k, cat in enumerate(category_ids)}
-    indexes = {}
-    for split, data in loaded.items():
-        by_image = collections.defaultdict(list)
-        for ann in data.get("annotations", []):
-            by_image[ann.get("image_id")].append(ann)
-        index = ImageIndex()
-        for info in data["images"]:
-            path = os.path.join(images[split], str(info.get("file_name")))
-            header = _upright_header(path, (info.get("width"), info.get("height")), stats)
-            if header is None:
-                continue
-            width, height, orientation = header
-            boxes, labels, crowd = [], [], []
-            for ann in by_image.get(info.get("id"), []):
-                bbox = ann.get("bbox")
-                if (not isinstance(bbox, list) or len(bbox) != 4
-                        or not all(isinstance(v, int | float) and np.isfinite(v) for v in bbox)):
-                    stats["malformed_annotations"] += 1
-                    continue
-                if ann.get("category_id") not in contiguous:
-                    stats["other_classes"] += 1
-                    continue
-                x, y, w, h = bbox
-                boxes.append((x / width, y / height, (x + w) / width, (y + h) / height))
-                labels.append(contiguous[ann["category_id"]])
-                crowd.append(bool(ann.get("iscrowd", 0)))
-            index.add(path, boxes, labels, crowd, info["id"], orientation)
-        index.clip_boxes(stats)
-        indexes[split] = index
+    indexes = {split: _coco_index(annotations[split], images[split], data, contiguous, set(categories), stats)
+               for split, data in loaded.items()}
     return names, category_ids, indexes, stats
+
+
+def _coco_index(json_path: str, image_dir: str, data: dict, contiguous: dict[int, int], known_categories: set[int],
+                stats: SkipStats) -> ImageIndex:
+    """The ImageIndex of one COCO json. Faults are counted under their own names with a warning
+    naming the file and the entry: an image entry without id or file name, an annotation of an
+    image that is not listed, of a category that is not listed, or without a valid bbox."""
+    images, by_image = [], collections.defaultdict(list)
+    for position, info in enumerate(data["images"]):
+        if not isinstance(info, dict) or not isinstance(info.get("id"), int) or not info.get("file_name"):
+            stats.record("malformed_image_entries", json_path,
+                         f"images[{position}] has no integer 'id' or no 'file_name': {str(info)[:120]}")
+            continue
+        images.append(info)
+    listed = {info["id"] for info in images}
+    for position, ann in enumerate(data.get("annotations", [])):
+        entry = f"annotation {ann.get('id', f'at position {position}')}" if isinstance(ann, dict) else \
+            f"annotations[{position}]"
+        if not isinstance(ann, dict) or ann.get("image_id") not in listed:
+            stats.record("orphan_annotations", json_path, f"{entry}: its image_id "
+                         f"{ann.get('image_id') if isinstance(ann, dict) else None!r} is not in 'images'")
+            continue
+        by_image[ann["image_id"]].append((entry, ann))
+    index = ImageIndex()
+    for info in images:
+        path = os.path.join(image_dir, str(info["file_name"]))
+        header = _upright_header(path, (info.get("width"), info.get("height")), stats)
+        if header is None:
+            continue
+        width, height, orientation = header
+        boxes, labels, crowd = [], [], []
+        for entry, ann in by_image.get(info["id"], []):
+            bbox = ann.get("bbox")
+            if (not isinstance(bbox, list) or len(bbox) != 4
+                    or not all(isinstance(v, int | float) and np.isfinite(v) for v in bbox)):
+                stats.record("malformed_annotations", json_path, f"{entry}: bbox {bbox!r} is not [x, y, w, h]")
+                continue
+            if ann.get("category_id") not in known_categories:
+                stats.record("unknown_categories", json_path,
+                             f"{entry}: category_id {ann.get('category_id')!r} is not in 'categories'")
+                continue
+            if ann["category_id"] not in contiguous:  # a listed category left out by class_names
+                stats["other_classes"] += 1
+                continue
+            x, y, w, h = bbox
+            boxes.append((x / width, y / height, (x + w) / width, (y + h) / height))
+            labels.append(contiguous[ann["category_id"]])
+            crowd.append(bool(ann.get("iscrowd", 0)))
+        index.add(path, boxes, labels, crowd, info["id"], orientation)
+    index.clip_boxes(stats)
+    return index
