@@ -26,7 +26,7 @@ DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-host with the clust
                                 "SLURM, ...): jax.distributed.initialize() without arguments.")
 PEER_TIMEOUT = flags.DEFINE_integer("peer_timeout", 120, "Multi-host: seconds after which a process that stopped "
                                     "answering (dead, unreachable) ends the job on every process, and the longest "
-                                    "wait to join or leave it.", lower_bound=10)
+                                    "wait to join it.", lower_bound=10)
 SHOW_CONFIG = flags.DEFINE_bool("show_config", False, "Print the training config (every field, after the "
                                 "--config.FIELD overrides) and exit.")
 DATASET = flags.DEFINE_enum("dataset", None, sorted([*DATASET_CONFIGS, "vocdir", "cocojson"]),
@@ -153,6 +153,8 @@ def run(config, workdir: str, *, after_training=None) -> None:
     except train.TrainingInterrupted as interruption:
         if is_main:
             print(interruption, file=sys.stderr)
+        if jax.process_count() > 1:  # every process stopped at the same step and saved: leave together
+            leave_job(jax)
         sys.exit(interruption.exit_code)
     except (DatasetNotPreparedError, *train.USER_ERRORS) as error:
         sys.exit(f"error: {error}" + ("" if is_main else f" (process {jax.process_index()})"))
@@ -166,14 +168,15 @@ def run(config, workdir: str, *, after_training=None) -> None:
               f"same command on every process again to resume from the last checkpoint.", file=sys.stderr)
         sys.stderr.flush()
         os._exit(1)
-    if not is_main:  # process 0 alone draws and reports
-        return
-    if after_training is not None:
-        after_training(config, workdir)
-    shown = {k: float(f"{v:.4g}") for k, v in last.items() if "/" not in k or k.startswith("loss")}
-    written = [name for name in ("training_curve.png", "class_ap.png", "detections.png", "metrics.jsonl",
-                                 "tensorboard", "params") if os.path.exists(os.path.join(workdir, name))]
-    print(f"done: {shown}\nworkdir {workdir}: {', '.join(written)}")
+    if is_main:  # process 0 alone draws and reports
+        if after_training is not None:
+            after_training(config, workdir)
+        shown = {k: float(f"{v:.4g}") for k, v in last.items() if "/" not in k or k.startswith("loss")}
+        written = [name for name in ("training_curve.png", "class_ap.png", "detections.png", "metrics.jsonl",
+                                     "tensorboard", "params") if os.path.exists(os.path.join(workdir, name))]
+        print(f"done: {shown}\nworkdir {workdir}: {', '.join(written)}")
+    if jax.process_count() > 1:
+        leave_job(jax)
 
 
 def start_jax(accel: str):
@@ -200,6 +203,34 @@ def start_jax(accel: str):
     return jax
 
 
+# The longest that the processes of a finished run wait for each other at the end (process 0 draws
+# and reports after the others are done): far above any drawing, so only a stuck process reaches it.
+FINISH_TIMEOUT_SECONDS = 900
+
+
+def leave_job(jax) -> None:
+    """Leaves a multi-process job whose work is all saved, so that every process exits 0.
+
+    JAX's shutdown is a barrier of all processes with a deadline, and a missed deadline aborts
+    every process (SIGABRT, exit code 134) however finished its work is. So the processes first
+    meet at a barrier of their own with a long deadline (process 0 may still be drawing), then
+    shut down together, well within JAX's deadline. Should even that first meeting fail, the
+    work is saved anyway: say so and exit 0 without JAX's shutdown, which could only abort.
+    """
+    from jax._src import distributed  # the coordination service's client: barriers with a deadline
+
+    try:
+        distributed.global_state.client.wait_at_barrier("ssd_jax_finished", FINISH_TIMEOUT_SECONDS * 1000)
+    except jax.errors.JaxRuntimeError as error:
+        print(f"warning: process {jax.process_index()}: training finished and everything is saved, but the "
+              f"processes could not meet to leave the job together ({str(error).splitlines()[0][:200]}); "
+              f"exiting without JAX's shutdown", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    jax.distributed.shutdown()
+
+
 def join_processes(jax) -> None:
     """jax.distributed.initialize with bounded waits, or exits saying what is wrong with the flags."""
     if not DISTRIBUTED.value:
@@ -209,9 +240,11 @@ def join_processes(jax) -> None:
                      f"got --num_processes={count} --process_id={index}")
     timeout = PEER_TIMEOUT.value
     try:
+        # The shutdown deadline only bounds how far apart the processes may arrive at JAX's shutdown
+        # (leave_job brings them there together); a missed one aborts all, so it is not kept short.
         jax.distributed.initialize(coordinator_address=COORDINATOR.value, num_processes=NUM_PROCESSES.value,
                                    process_id=PROCESS_ID.value, initialization_timeout=timeout,
-                                   heartbeat_timeout_seconds=timeout, shutdown_timeout_seconds=timeout)
+                                   heartbeat_timeout_seconds=timeout, shutdown_timeout_seconds=max(timeout, 300))
     except (RuntimeError, ValueError) as error:  # e.g. the coordinator cannot be reached in time
         sys.exit(f"error: could not join the job at {COORDINATOR.value or 'the cluster'} as process {PROCESS_ID.value} "
                  f"of {NUM_PROCESSES.value} within {timeout} s ({str(error).splitlines()[0][:300]}); check "
