@@ -96,45 +96,84 @@ def suppression_bits(boxes, *, iou_threshold: float):
     return lax.reduce(packed, jnp.uint32(0), lax.bitwise_or, (packed.ndim - 1,))
 
 
-def greedy_nms_mask(boxes, valid, *, iou_threshold: float):
+def greedy_nms_mask(boxes, valid, *, iou_threshold: float, blocks_in_a_loop: bool | None = None):
     """Greedy NMS over boxes already sorted best first -> keep mask [..., K].
 
     Box j is kept iff it is valid and no kept box before it overlaps it with IoU >
     ``iou_threshold``. Boxes are decided ``32 * BLOCK_WORDS`` at a time, one block after the
     other: a box is out if a kept box of an earlier block suppresses it (ANDs of packed words),
     and within the block the decisions follow one another. Each block is elementwise bit
-    operations that XLA fuses into two kernels, and the blocks follow one another without a loop
-    around them (on a GPU a loop's counter, condition and slicing cost as many kernels again).
-    The steps depend on K alone, never on the data.
+    operations that XLA fuses into two kernels. The steps depend on K alone, never on the data.
+
+    ``blocks_in_a_loop`` (default: on a CPU) runs the blocks as the iterations of one loop, whose
+    body XLA compiles once; otherwise they follow one another unrolled, as a GPU runs them fastest
+    (a loop's counter, condition and slicing cost as many kernels again there) but at a compile
+    time that grows with K. The same bits either way.
 
     Args:
       boxes: [..., K, 4] corner boxes sorted by descending score.
       valid: [..., K] bool, candidates that passed the score threshold.
     """
+    if blocks_in_a_loop is None:
+        blocks_in_a_loop = jax.default_backend() == "cpu"
     k = boxes.shape[-2]
     bits = suppression_bits(boxes, iou_threshold=iou_threshold)  # [..., K, W]
+    kept_words = (_kept_words_in_a_loop if blocks_in_a_loop else _kept_words_unrolled)(bits, valid)
+    position = jnp.arange(k, dtype=jnp.uint32)
+    return (jnp.right_shift(kept_words[..., position // _WORD], position % _WORD) & 1) == 1
+
+
+def _decide_block(block_bits, free, block_words: int):
+    """The kept boxes of one block: [..., L, n] suppression bits of its L = 32 n lanes by the block's
+    own n words, [..., L] not suppressed by an earlier block -> n kept words [...] uint32."""
+    block_kept = [jnp.zeros(free.shape[:-1], jnp.uint32) for _ in range(block_words)]
+    for lane in range(block_words * _WORD):
+        keep = free[..., lane]
+        for word in range(lane // _WORD + 1):
+            keep = keep & ((block_bits[..., lane, word] & block_kept[word]) == 0)
+        block_kept[lane // _WORD] = block_kept[lane // _WORD] | jnp.left_shift(
+            keep.astype(jnp.uint32), jnp.uint32(lane % _WORD))
+    return block_kept
+
+
+def _kept_words_unrolled(bits, valid):
+    """Kept words [..., W] from suppression bits [..., K, W], the blocks unrolled one after another."""
     words = bits.shape[-1]
     bits = _pad_axis(bits, -2, words * _WORD)
     valid = _pad_axis(valid, -1, words * _WORD)
     kept_words = []  # [...] uint32 per word: bit i of word w set iff box 32 * w + i is kept
     for first in range(0, words, BLOCK_WORDS):
-        block_words = range(first, min(first + BLOCK_WORDS, words))
-        rows = slice(first * _WORD, (block_words[-1] + 1) * _WORD)
+        count = min(BLOCK_WORDS, words - first)
+        rows = slice(first * _WORD, (first + count) * _WORD)
         block_bits = bits[..., rows, :]  # [..., 32 n, W]
         free = valid[..., rows]  # [..., 32 n]: not suppressed by a kept box of an earlier block
         for earlier, kept in enumerate(kept_words):
             free = free & ((block_bits[..., earlier] & kept[..., None]) == 0)
-        block_kept = [jnp.zeros(valid.shape[:-1], jnp.uint32) for _ in block_words]
-        for lane in range(len(block_words) * _WORD):
-            keep = free[..., lane]
-            for i, word in enumerate(block_words[:lane // _WORD + 1]):
-                keep = keep & ((block_bits[..., lane, word] & block_kept[i]) == 0)
-            block_kept[lane // _WORD] = block_kept[lane // _WORD] | jnp.left_shift(
-                keep.astype(jnp.uint32), jnp.uint32(lane % _WORD))
-        kept_words += block_kept
-    kept_words = jnp.stack(kept_words, axis=-1)  # [..., W]
-    position = jnp.arange(k, dtype=jnp.uint32)
-    return (jnp.right_shift(kept_words[..., position // _WORD], position % _WORD) & 1) == 1
+        kept_words += _decide_block(block_bits[..., first:first + count], free, count)
+    return jnp.stack(kept_words, axis=-1)
+
+
+def _kept_words_in_a_loop(bits, valid):
+    """Kept words [..., W] from suppression bits [..., K, W], one loop iteration per block: the
+    words of later blocks are still zero when a block reads all of them."""
+    words = bits.shape[-1]
+    padded_words = -(-words // BLOCK_WORDS) * BLOCK_WORDS
+    lanes = BLOCK_WORDS * _WORD
+    bits = _pad_axis(_pad_axis(bits, -1, padded_words), -2, padded_words * _WORD)
+    valid = _pad_axis(valid, -1, padded_words * _WORD)
+    batch_axes = bits.ndim - 2
+
+    def block(index, kept):
+        first_row = index * lanes
+        block_bits = lax.dynamic_slice_in_dim(bits, first_row, lanes, axis=batch_axes)  # [..., L, W]
+        free = lax.dynamic_slice_in_dim(valid, first_row, lanes, axis=batch_axes)  # [..., L]
+        free = free & jnp.all((block_bits & kept[..., None, :]) == 0, axis=-1)
+        own = lax.dynamic_slice_in_dim(block_bits, index * BLOCK_WORDS, BLOCK_WORDS, axis=batch_axes + 1)
+        decided = jnp.stack(_decide_block(own, free, BLOCK_WORDS), axis=-1)  # [..., n]
+        return lax.dynamic_update_slice_in_dim(kept, decided, index * BLOCK_WORDS, axis=batch_axes)
+
+    kept = jnp.zeros((*valid.shape[:-1], padded_words), jnp.uint32)
+    return lax.fori_loop(0, padded_words // BLOCK_WORDS, block, kept)[..., :words]
 
 
 def _pad_axis(x, axis: int, size: int):
