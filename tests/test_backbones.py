@@ -79,7 +79,7 @@ def test_ssdlite_head_outputs_equal_torchvision(ssdlite):
     model, params, config = ssdlite
     images = patterned_images(2, 320, 320)
     their_loc, their_logits = torchvision_head_outputs(model, images)
-    loc, logits = SSD(config).apply({"params": params}, images)
+    loc, logits = jax.jit(SSD(config).apply)({"params": params}, images)
     loc_error = relative_error(loc, their_loc)
     logit_error = relative_error(logits, their_logits)
     print(f"\nSSDLite head outputs, relative error vs torchvision (float32): locations {loc_error:.2e}, "

@@ -37,10 +37,10 @@ def test_every_convolution_of_base_and_extras_gets_an_identity_batch_norm():
 def test_folded_plain_model_computes_the_batch_norm_model_in_evaluation_mode():
     params, stats = random_variables()
     images = jnp.asarray(np.random.default_rng(1).integers(0, 256, (2, 128, 128, 3)), jnp.float32)
-    expected = SSD(CONFIG, batch_norm=True).apply({"params": params, "batch_stats": stats}, images)
+    expected = jax.jit(SSD(CONFIG, batch_norm=True).apply)({"params": params, "batch_stats": stats}, images)
     folded = fold_batch_norm(params, stats)
     assert jax.tree.structure(folded) == jax.tree.structure(ssd_jax.init(jax.random.key(0), CONFIG))
-    got = SSD(CONFIG).apply({"params": folded}, images)
+    got = jax.jit(SSD(CONFIG).apply)({"params": folded}, images)
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
     # And the detections: detect takes the folded parameters like any others.
@@ -51,8 +51,8 @@ def test_folded_plain_model_computes_the_batch_norm_model_in_evaluation_mode():
 def test_training_mode_normalises_with_the_batch_and_updates_the_running_statistics():
     params, stats = init_batch_norm(ssd_jax.init(jax.random.key(0), CONFIG), CONFIG)
     images = jnp.asarray(np.random.default_rng(2).integers(0, 256, (4, 128, 128, 3)), jnp.float32)
-    _, updated = SSD(CONFIG, batch_norm=True).apply({"params": params, "batch_stats": stats}, images,
-                                                     train=True, mutable=["batch_stats"])
+    apply = jax.jit(SSD(CONFIG, batch_norm=True).apply, static_argnames=("train", "mutable"))
+    _, updated = apply({"params": params, "batch_stats": stats}, images, train=True, mutable=("batch_stats",))
     new = updated["batch_stats"]["backbone"]["conv1_1_bn"]
     # momentum 0.9: running mean = 0.1 * the batch mean of conv1_1's output (pixels minus the mean)
     conv1 = jax.lax.conv_general_dilated(images - jnp.asarray(CONFIG.mean_rgb), params["backbone"]["conv1_1"]["kernel"],

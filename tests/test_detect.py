@@ -42,7 +42,7 @@ def test_detections_are_well_formed(params):
 def test_detect_equals_model_plus_postprocess(params):
     pixels = images(height=CONFIG.image_size, width=CONFIG.image_size, dtype=np.float32)
     dets = ssd_jax.detect(params, pixels, config=CONFIG)
-    loc, logits = SSD(CONFIG).apply({"params": params}, pixels)
+    loc, logits = jax.jit(SSD(CONFIG).apply)({"params": params}, pixels)
     expected = postprocess(loc, logits, CONFIG, score_threshold=0.01, iou_threshold=0.45,
                                   pre_nms_top_k=400, max_detections=200)
     for ours, theirs in zip(dets, expected):

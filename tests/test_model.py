@@ -121,8 +121,8 @@ def test_bfloat16_compute_is_close_to_float32():
     params = ssd_jax.init(jax.random.key(0), config)
     size = config.image_size
     images = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
-    loc32, logit32 = SSD(config).apply({"params": params}, images)
-    loc16, logit16 = SSD(config, dtype=jnp.bfloat16).apply({"params": params}, images)
+    loc32, logit32 = jax.jit(SSD(config).apply)({"params": params}, images)
+    loc16, logit16 = jax.jit(SSD(config, dtype=jnp.bfloat16).apply)({"params": params}, images)
     assert loc16.dtype == jnp.float32  # outputs are float32 whatever the compute dtype
     for ours, reference in ((loc16, loc32), (logit16, logit32)):
         error = np.abs(np.asarray(ours) - np.asarray(reference)).max() / np.abs(np.asarray(reference)).max()

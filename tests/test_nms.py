@@ -261,8 +261,8 @@ def test_every_stage_gives_the_exhaustive_result(scenario):
     assert int(stage) == 2
     assert_detections_match(exhaustive, boxes, scores, **STAGED)  # against the numpy reference
     stages = set()
-    for depth in (2, 4, 8, 16, 32):
-        for rows in (1, 3, 7):
+    for depth in (2, 8, 32):
+        for rows in (1, 7):
             detections, stage = staged_nms(boxes, scores, shallow_depth=depth, deep_rows=rows)
             stages.add(int(stage))
             for ours, expected in zip(detections, exhaustive):

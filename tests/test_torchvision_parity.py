@@ -5,6 +5,7 @@ Skipped when torch/torchvision are not installed (pip install -e '.[torch]').
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -72,7 +73,7 @@ def test_head_outputs_equal_torchvision(models):
     model, params, config = models
     images = patterned_images(2)
     their_loc, their_logits = torchvision_head_outputs(model, images)
-    loc, logits = SSD(config).apply({"params": params}, images)
+    loc, logits = jax.jit(SSD(config).apply)({"params": params}, images)
     loc_error = relative_error(loc, their_loc)
     logit_error = relative_error(logits, their_logits)
     print(f"\nhead outputs, relative error vs torchvision (float32): locations {loc_error:.2e}, "
@@ -113,8 +114,8 @@ def test_detections_equal_torchvision(models, height, width):
 def test_bfloat16_head_outputs_are_close(models):
     _, params, config = models
     images = patterned_images(2)
-    loc32, logits32 = SSD(config).apply({"params": params}, images)
-    loc16, logits16 = SSD(config, dtype=jnp.bfloat16).apply({"params": params}, images)
+    loc32, logits32 = jax.jit(SSD(config).apply)({"params": params}, images)
+    loc16, logits16 = jax.jit(SSD(config, dtype=jnp.bfloat16).apply)({"params": params}, images)
     loc_error, logit_error = relative_error(loc16, loc32), relative_error(logits16, logits32)
     print(f"\nbfloat16 vs float32 head outputs, relative error: locations {loc_error:.2e}, logits {logit_error:.2e}")
     assert loc_error < 0.05 and logit_error < 0.05
