@@ -20,7 +20,7 @@ from test_torchvision_parity import (
 import ssd_jax
 from ssd_jax import boxes as box_lib
 from ssd_jax import configs, weights
-from ssd_jax.models import SSD, MobileNetV3Large, ResNet50Base
+from ssd_jax.models import SSD, MobileNetV3Large, ResNet50Base, check_params
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -177,7 +177,7 @@ def shapes_batch(image_size, batch_size=2, max_boxes=4, seed=0):
 @pytest.mark.parametrize("preset", ["ssdlite320_mobilenet_v3_large", "ssd300_resnet50"])
 def test_new_presets_train_with_batch_norm(preset):
     """A few steps on one batch of the shapes data, BatchNorm in training mode: the loss falls,
-    and the folded parameters detect."""
+    and the folded parameters are those of the plain model (the fold itself: test_batch_norm)."""
     from ssd_jax import train
 
     config = train.default_config()
@@ -194,5 +194,4 @@ def test_new_presets_train_with_batch_norm(preset):
         losses.append(float(metrics["loss"]))
     print(f"\n{preset}: losses {np.round(losses, 3)}")
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
-    detections = ssd_jax.detect(train.inference_params(state), batch["image"], config=model_config)
-    assert detections.boxes.shape == (2, 200, 4)
+    check_params(train.inference_params(state), model_config)

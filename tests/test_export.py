@@ -32,10 +32,17 @@ def images(count, height, width, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
 
 
-def run_fresh(program, *args):
-    out = subprocess.run([sys.executable, "-c", program, *args], capture_output=True, text=True, timeout=600)
+def run_fresh(program, path, tmp_path, batches) -> tuple[list, str]:
+    """Runs ``program`` on the artifact at ``path`` in a fresh process, each batch of ``batches``
+    in turn -> (the outputs of each, as dicts of arrays; what the program printed)."""
+    pairs = []
+    for i, batch in enumerate(batches):
+        np.save(tmp_path / f"in{i}.npy", batch)
+        pairs += [str(tmp_path / f"in{i}.npy"), str(tmp_path / f"out{i}.npz")]
+    out = subprocess.run([sys.executable, "-c", program, str(path), *pairs], capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
+    return [dict(np.load(tmp_path / f"out{i}.npz")) for i in range(len(batches))], out.stdout
 
 
 def assert_same_detections(outputs, expected, *, boxes_atol=1e-3, scores_atol=1e-4):
@@ -46,16 +53,13 @@ def assert_same_detections(outputs, expected, *, boxes_atol=1e-3, scores_atol=1e
     assert int(np.sum(expected.num_detections)) > 0
 
 
-def save_images(path, batch):
-    np.save(path, batch)
-    return str(path)
-
-
+# Each program: sys.argv[1] the artifact, then (input .npy, output .npz) pairs.
 RUN_SAVEDMODEL = NO_JAX + textwrap.dedent("""
     import numpy as np, tensorflow as tf
     model = tf.saved_model.load(sys.argv[1])
-    outputs = model.signatures["serving_default"](images=tf.constant(np.load(sys.argv[2])))
-    np.savez(sys.argv[3], **{k: v.numpy() for k, v in outputs.items()})
+    for source, target in zip(sys.argv[2::2], sys.argv[3::2]):
+        outputs = model.signatures["serving_default"](images=tf.constant(np.load(source)))
+        np.savez(target, **{k: v.numpy() for k, v in outputs.items()})
     print(open(model.metadata.asset_path.numpy().decode()).read())
 """)
 
@@ -69,11 +73,12 @@ RUN_TFLITE = NO_JAX + textwrap.dedent("""
         import tensorflow as tf
         Interpreter = tf.lite.Interpreter
     runner = Interpreter(model_path=sys.argv[1]).get_signature_runner("serving_default")
-    batch = np.load(sys.argv[2])
-    results = [runner(images=image[None]) for image in batch]  # the model's batch is fixed at 1
-    np.savez(sys.argv[3], **{k: np.concatenate([r[k] for r in results]) for k in results[0]})
+    for source, target in zip(sys.argv[2::2], sys.argv[3::2]):
+        batch = np.load(source)
+        results = [runner(images=image[None]) for image in batch]  # the model's batch is fixed at 1
+        np.savez(target, **{k: np.concatenate([r[k] for r in results]) for k in results[0]})
     try:  # another batch fails instead of answering for the first image
-        runner(images=batch[:2] if len(batch) > 1 else np.concatenate([batch, batch]))
+        runner(images=np.concatenate([batch[:1], batch[:1]]))
     except Exception as error:
         print("REFUSED", str(error).splitlines()[0])
     print("RUNTIME", Interpreter.__module__)
@@ -82,10 +87,10 @@ RUN_TFLITE = NO_JAX + textwrap.dedent("""
 RUN_ONNX = NO_JAX + textwrap.dedent("""
     import json, numpy as np, onnx, onnxruntime as ort
     session = ort.InferenceSession(sys.argv[1])
-    batch = np.load(sys.argv[2])
     names = [o.name for o in session.get_outputs()]
-    results = [dict(zip(names, session.run(None, {"images": image[None]}))) for image in batch]
-    np.savez(sys.argv[3], **{k: np.concatenate([r[k] for r in results]) for k in names})
+    for source, target in zip(sys.argv[2::2], sys.argv[3::2]):
+        results = [dict(zip(names, session.run(None, {"images": image[None]}))) for image in np.load(source)]
+        np.savez(target, **{k: np.concatenate([r[k] for r in results]) for k in names})
     try:  # another image size fails in ONNX Runtime's own input check
         session.run(None, {"images": np.zeros((1, 201, 251, 3), np.uint8)})
     except Exception as error:
@@ -98,22 +103,21 @@ RUN_STABLEHLO = textwrap.dedent("""
     sys.modules['ssd_jax'] = None  # the program needs JAX, not this project's code
     import numpy as np, jax
     exported = jax.export.deserialize(bytearray(open(sys.argv[1], "rb").read()))
-    outputs = exported.call(np.load(sys.argv[2]))
-    np.savez(sys.argv[3], **{k: np.asarray(v) for k, v in outputs.items()})
+    for source, target in zip(sys.argv[2::2], sys.argv[3::2]):
+        outputs = exported.call(np.load(source))
+        np.savez(target, **{k: np.asarray(v) for k, v in outputs.items()})
 """)
 
 
 def test_savedmodel_serves_any_batch_and_size_from_one_artifact(params, tmp_path):
     path = export.export(params, CONFIG, str(tmp_path / "savedmodel"), format="savedmodel", class_names=NAMES)
-    for count, height, width in ((1, 128, 128), (7, 90, 150)):
-        batch = images(count, height, width, seed=count)
-        stdout = run_fresh(RUN_SAVEDMODEL, path, save_images(tmp_path / "in.npy", batch), str(tmp_path / "out.npz"))
-        meta = json.loads(stdout)
-        assert meta["class_names"] == list(NAMES) and meta["config"]["name"] == "ssd_tiny"
-        outputs = np.load(tmp_path / "out.npz")
-        expected = ssd_jax.detect(params, batch, config=CONFIG)
+    batches = [images(count, height, width, seed=count) for count, height, width in ((1, 128, 128), (7, 90, 150))]
+    outputs, stdout = run_fresh(RUN_SAVEDMODEL, path, tmp_path, batches)
+    meta = json.loads(stdout)
+    assert meta["class_names"] == list(NAMES) and meta["config"]["name"] == "ssd_tiny"
+    for batch, output in zip(batches, outputs):
         # TF resizes and computes in another order than XLA: float noise; the same detections.
-        assert_same_detections(outputs, expected)
+        assert_same_detections(output, ssd_jax.detect(params, batch, config=CONFIG))
     assert export.is_artifact(path, "savedmodel") and not export.is_artifact(path, "tflite")
     with pytest.raises(export.ExportError, match="already holds a savedmodel export; pass --overwrite"):
         export.export(params, CONFIG, path, format="savedmodel")  # refused before any work
@@ -136,11 +140,11 @@ def test_fixed_batch_formats_give_the_same_detections(params, tmp_path, fmt, pro
         export.export(params, CONFIG, path, format=fmt, class_names=NAMES)
     # TFLite resizes inside as the SavedModel does: any image size, here 201 x 251 too.
     sizes = [(1, 128, 128), (3, 128, 128)] + ([(2, 201, 251)] if fmt == "tflite" else [])
-    for count, height, width in sizes:
-        batch = images(count, height, width, seed=10 + count)
-        stdout = run_fresh(program, path, save_images(tmp_path / "in.npy", batch), str(tmp_path / "out.npz"))
-        assert_same_detections(np.load(tmp_path / "out.npz"), ssd_jax.detect(params, batch, config=CONFIG))
-        assert "REFUSED" in stdout, stdout  # a batch (TFLite) or image size (ONNX) it was not made for
+    batches = [images(count, height, width, seed=10 + count) for count, height, width in sizes]
+    outputs, stdout = run_fresh(program, path, tmp_path, batches)
+    for batch, output in zip(batches, outputs):
+        assert_same_detections(output, ssd_jax.detect(params, batch, config=CONFIG))
+    assert "REFUSED" in stdout, stdout  # a batch (TFLite) or image size (ONNX) it was not made for
     if fmt == "onnx":
         meta = json.loads(json.loads(stdout.splitlines()[-1])["ssd_jax"])
         assert meta["image_size"] == CONFIG.image_size
@@ -158,12 +162,11 @@ def test_stablehlo_from_the_command_line_serves_any_batch(params, tmp_path):
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((tmp_path / "model.stablehlo.json").read_text())["class_names"] == list(NAMES)
-    for count, height, width in ((1, 100, 100), (7, 128, 96)):
-        batch = images(count, height, width, seed=20 + count)
-        run_fresh(RUN_STABLEHLO, str(tmp_path / "model.stablehlo"), save_images(tmp_path / "in.npy", batch),
-                  str(tmp_path / "out.npz"))
-        assert_same_detections(np.load(tmp_path / "out.npz"), ssd_jax.detect(params, batch, config=CONFIG),
-                               boxes_atol=1e-5, scores_atol=1e-6)
+    batches = [images(count, height, width, seed=20 + count) for count, height, width in ((1, 100, 100), (7, 128, 96))]
+    outputs, _ = run_fresh(RUN_STABLEHLO, tmp_path / "model.stablehlo", tmp_path, batches)
+    for batch, output in zip(batches, outputs):
+        assert_same_detections(output, ssd_jax.detect(params, batch, config=CONFIG), boxes_atol=1e-5,
+                               scores_atol=1e-6)
 
 
 def test_bad_exports_are_refused_clearly(params, tmp_path):
