@@ -22,9 +22,9 @@ import time
 import tensorflow as tf
 from absl import app, flags, logging
 
-from ssd_jax.data import pipeline
+from ssd_jax.data import pipeline, sources
 
-DATASETS = flags.DEFINE_list("dataset", ["shapes"], f"Data sets to read: {', '.join(pipeline.DATASET_NAMES)}; "
+DATASETS = flags.DEFINE_list("dataset", ["shapes"], f"Data sets to read: {', '.join(sources.names())}; "
                              "NAME@DIR reads NAME from the TFDS data directory DIR.")
 DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 FOLDER = flags.DEFINE_string("folder", None, "vocdir: the VOC folder.")
@@ -39,15 +39,15 @@ AUGMENT = flags.DEFINE_bool("augment", True, "SSD's augmentation (False: flips o
 OUT = flags.DEFINE_string("out", "benchmarks/results/bench_input.json", "JSON to write.")
 
 
-def open_data(entry: str) -> pipeline.Source:
+def open_data(entry: str) -> sources.Source:
     name, _, directory = entry.partition("@")
     data_dir = FOLDER.value if name == "vocdir" else (directory or DATA_DIR.value)
-    return pipeline.open_source(name, data_dir=data_dir, train_annotations=ANNOTATIONS.value,
+    return sources.open_source(name, data_dir=data_dir, train_annotations=ANNOTATIONS.value,
                                 train_images=IMAGES.value, eval_annotations=ANNOTATIONS.value,
                                 eval_images=IMAGES.value)
 
 
-def images_per_second(source: pipeline.Source, image_size: int) -> float:
+def images_per_second(source: sources.Source, image_size: int) -> float:
     options = None if AUGMENT.value else {"zoom_out_probability": 0.0, "crop_probability": 0.0, "photometric": False}
     indexed = source.indexed("train")
     if indexed is not None:  # as training reads it: the global order

@@ -23,8 +23,8 @@ MODELS = flags.DEFINE_list("models", ["ssd_tiny", "ssd300"], "Model presets.")
 BATCHES = flags.DEFINE_list("batches", ["8"], "Global batch sizes.")
 DTYPES = flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes (float32, bfloat16).")
 STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per setting (after one compiling step and one warm-up).")
-FROZEN = flags.DEFINE_list("frozen_blocks", ["0"], "Leading VGG blocks frozen (0: all trainable; 2: the paper's "
-                           "recipe with an ImageNet backbone).")
+FROZEN = flags.DEFINE_list("frozen_blocks", ["0"], "Leading base-network blocks frozen (0: all trainable; 2: the "
+                           "paper's recipe with an ImageNet backbone).")
 GRADIENTS = flags.DEFINE_list("gradients", ["auto"], "Gradient rules of the model (auto, xla, fast, fast_pool).")
 BATCH_NORM = flags.DEFINE_bool("batch_norm", False, "Train with BatchNorms (batch statistics), as the "
                                 "MobileNet and ResNet presets are trained.")
@@ -49,8 +49,8 @@ def measure(model: str, batch_size: int, dtype: str, frozen: int, gradients: str
     config.frozen_blocks = frozen
     mesh = train.data_mesh()
     optimizer, schedule = train.make_optimizer(config), train.learning_rate_schedule(config)
-    step = train.jit_train_step(model_config, optimizer, schedule, mesh, jax.numpy.dtype(dtype), frozen=frozen,
-                                gradients=gradients)
+    step = train.jit_train_step(model_config, optimizer, schedule, mesh, jax.numpy.dtype(dtype),
+                                frozen=train.frozen_prefixes(model_config, frozen), gradients=gradients)
     from ssd_jax.models import init, init_batch_norm
 
     params, batch_stats = init(jax.random.key(0), model_config), None

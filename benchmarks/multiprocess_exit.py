@@ -70,9 +70,9 @@ def main(argv):
     env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(root, "xla_cache"))  # runs 2.. skip the compiles
     data_dir = os.path.join(root, "tfds")
     sys.path.insert(0, ROOT)
-    from ssd_jax.data import pipeline
+    from ssd_jax.data import sources
 
-    pipeline.open_source("shapes_tiny", data_dir=data_dir).prepare()  # once, before the processes read it
+    sources.open_source("shapes_tiny", data_dir=data_dir).prepare()  # once, before the processes read it
     hogs = [multiprocessing.Process(target=spin, daemon=True) for _ in range(HOGS.value)]
     for hog in hogs:
         hog.start()

@@ -37,17 +37,19 @@ import numpy as np
 from absl import app, flags, logging
 
 from ssd_jax import checkpoint, classes, configs, weights
+from ssd_jax.models import base_networks
 
-FLAGS = flags.DEFINE_enum("format", None, ["torchvision", "amdegroot", "caffe", "vgg16", "resnet50",
-                                           "mobilenet_v3_large"],
-                          "Layout of the input weights: an SSD (torchvision, amdegroot, caffe) or an ImageNet "
-                          "backbone.")
+# An SSD of a published layout, or the ImageNet weights of a base network (those that declare an import).
+IMAGENET_FORMATS = tuple(kind for kind in base_networks.kinds() if base_networks.get(kind).imagenet_import)
+FORMAT = flags.DEFINE_enum("format", None, [*weights.SSD_FORMATS, *IMAGENET_FORMATS],
+                           "Layout of the input weights: an SSD (" + ", ".join(weights.SSD_FORMATS) + ") or a base "
+                           "network's ImageNet weights (" + ", ".join(IMAGENET_FORMATS) + ").")
 PROTOTXT = flags.DEFINE_string("prototxt", None, "caffe only: the deploy prototxt of --input (a .caffemodel).")
 MEAN_BGR = flags.DEFINE_list("mean_bgr", None, "caffe only: the BGR mean the model was trained with (default: "
                              "the prototxt's transform_param, else weiliu89's 104,117,123).")
 CLASS_NAMES = flags.DEFINE_list("class_names", None, "Names of classes 1..C-1, stored with the checkpoint "
                                 "(default: COCO's or VOC's when the class count is theirs).")
-INPUT = flags.DEFINE_string("input", None, "Weight file: .pth, .pt, .npz or .safetensors.")
+INPUT = flags.DEFINE_string("input", None, "Weight file: .pth, .pt, .npz or .safetensors (Caffe: .caffemodel).")
 OUTPUT = flags.DEFINE_string("output", None, "Directory to write the ssd_jax checkpoint to.")
 CONFIG = flags.DEFINE_string("config", None, "Preset to convert into (default: inferred from the layers: "
                              "ssd300_torchvision or ssdlite320_mobilenet_v3_large for torchvision, ssd300 "
@@ -70,10 +72,33 @@ def save_ssd(params, config) -> None:
     print(f"wrote {config.name} ({config.num_classes} classes, {count:,} parameters) to {OUTPUT.value}")
 
 
+def imagenet_options() -> dict:
+    """The ImageNet import's options given on the command line (only VGG16's take any)."""
+    options = {}
+    if BGR.value:
+        options["bgr"] = True
+    if TORCHVISION_NORM.value:
+        options.update(input_mean=(0.485, 0.456, 0.406), input_std=(0.229, 0.224, 0.225))
+    return options
+
+
+def convert_imagenet(kind: str, state_dict) -> None:
+    network = base_networks.get(kind)
+    try:
+        tree = network.imagenet_import(state_dict, **imagenet_options())
+    except TypeError as error:  # an option that this network's import does not take
+        raise ValueError(f"--bgr and --torchvision_normalization apply to vgg16's ImageNet weights, not to "
+                         f"{kind}'s ({error})") from error
+    layers = sorted(tree["backbone"])
+    checkpoint.save_params(OUTPUT.value, tree, metadata={"kind": f"{kind}_backbone", "layers": layers},
+                           overwrite=OVERWRITE.value)
+    print(f"wrote the {kind} base network's ImageNet weights ({len(layers)} layers) to {OUTPUT.value}")
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes
-    if FLAGS.value == "caffe":
+    if FORMAT.value == "caffe":
         if not PROTOTXT.value:
             raise ValueError("--format=caffe needs --prototxt (the deploy prototxt of the caffemodel)")
         mean = tuple(float(m) for m in MEAN_BGR.value) if MEAN_BGR.value else None
@@ -84,33 +109,18 @@ def main(argv):
         return
     state_dict = weights.load_state_dict(INPUT.value)
     print(f"read {len(state_dict)} arrays, {sum(a.size for a in state_dict.values()):,} values, from {INPUT.value}")
-    if FLAGS.value == "vgg16":
-        kwargs = {"bgr": BGR.value}
-        if TORCHVISION_NORM.value:
-            kwargs.update(input_mean=(0.485, 0.456, 0.406), input_std=(0.229, 0.224, 0.225))
-        tree = weights.from_vgg16(state_dict, **kwargs)
-    elif FLAGS.value == "resnet50":
-        tree = weights.from_resnet50(state_dict)
-    elif FLAGS.value == "mobilenet_v3_large":
-        tree = weights.from_mobilenet_v3_large(state_dict)
-    if FLAGS.value in ("vgg16", "resnet50", "mobilenet_v3_large"):
-        layers = sorted(tree["backbone"])
-        checkpoint.save_params(OUTPUT.value, tree, metadata={"kind": f"{FLAGS.value}_backbone", "layers": layers},
-                               overwrite=OVERWRITE.value)
-        print(f"wrote the {FLAGS.value} backbone ({len(layers)} layers) to {OUTPUT.value}")
+    if FORMAT.value in IMAGENET_FORMATS:
+        convert_imagenet(FORMAT.value, state_dict)
         return
-    num_classes = None
-    if CONFIG.value and FLAGS.value == "torchvision":
-        num_classes = weights.torchvision_config(state_dict).num_classes
-    elif CONFIG.value:
-        num_classes = np.shape(state_dict["conf.0.weight"])[0] // 4 if "conf.0.weight" in state_dict else None
-    if FLAGS.value == "torchvision":
-        config = (configs.get(CONFIG.value, num_classes=num_classes) if CONFIG.value
-                  else weights.torchvision_config(state_dict))
+    if FORMAT.value == "torchvision":
+        config = weights.torchvision_config(state_dict)
+        if CONFIG.value:
+            config = configs.get(CONFIG.value, num_classes=config.num_classes)
         params = weights.from_torchvision(state_dict, config)
     else:
-        config = (configs.get(CONFIG.value, num_classes=num_classes) if CONFIG.value
-                  else weights.amdegroot_config(state_dict))
+        config = weights.amdegroot_config(state_dict)
+        if CONFIG.value:
+            config = configs.get(CONFIG.value, num_classes=config.num_classes)
         params = weights.from_amdegroot(state_dict, config)
     save_ssd(params, config)
 

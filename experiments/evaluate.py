@@ -21,17 +21,17 @@ import sys
 from absl import app, flags, logging
 
 from ssd_jax import checkpoint, files
-from ssd_jax.data import pipeline
+from ssd_jax.data import sources
 from ssd_jax.evaluation import IOU_CONVENTIONS
 from ssd_jax.evaluation import datasets as evaluation
 
 CHECKPOINT = flags.DEFINE_string("checkpoint", None, "ssd_jax parameter checkpoint directory (config.json + params/).")
-DATASET = flags.DEFINE_enum("dataset", "shapes", list(pipeline.DATASET_NAMES),
-                            "Data set whose evaluation split to use: a TFDS one, vocdir (--data_dir) or cocojson "
-                            "(--annotations, --images).")
-DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's), or the VOC folder of vocdir.")
-ANNOTATIONS = flags.DEFINE_string("annotations", None, "cocojson: the evaluation split's COCO json.")
-IMAGES = flags.DEFINE_string("images", None, "cocojson: the folder of its images.")
+# The registered data sets, and a flag for each field they read (--data_dir, --eval_annotations, ...).
+DATASET = flags.DEFINE_enum("dataset", "shapes", list(sources.names()), f"Data set: {sources.describe()}.")
+DATA_FIELDS = {name: flags.DEFINE_string(name, field.default, field.help)
+               for name, field in sources.all_fields().items()}
+flags.DEFINE_alias("annotations", "eval_annotations")
+flags.DEFINE_alias("images", "eval_images")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per detect call (one compilation).", lower_bound=1)
 OUT_DIR = flags.DEFINE_string("out_dir", None, "Where to write metrics and pictures (default: CHECKPOINT/eval).")
 OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the results of an earlier evaluation in --out_dir (never "
@@ -55,11 +55,11 @@ def load_checkpoint(path: str):
 
 
 def open_data(class_names):
-    """The evaluation data, read with the model's class names where it is on disk."""
-    local = DATASET.value in pipeline.LOCAL_FORMATS
+    """The evaluation data, read with the model's class names where the data set's classes come
+    from the data (a folder, a json)."""
     try:
-        source = pipeline.open_source(DATASET.value, data_dir=DATA_DIR.value, eval_annotations=ANNOTATIONS.value,
-                                      eval_images=IMAGES.value, class_names=class_names if local else None)
+        source = sources.open_source(DATASET.value, **{name: flag.value for name, flag in DATA_FIELDS.items()},
+                                     class_names=class_names if sources.get(DATASET.value).classes_from_data else ())
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
     if source.skipped:
@@ -89,7 +89,7 @@ def main(argv):
     try:
         metrics, evaluator, detections, truths = evaluation.evaluate_split(
             params, config, source, batch_size=BATCH_SIZE.value, iou_convention=VOC_IOU.value, progress=True)
-    except (pipeline.DatasetNotPreparedError, ValueError) as error:
+    except (sources.DatasetNotPreparedError, ValueError) as error:
         sys.exit(f"error: {error}")
     print(f"\n{config.name} on {source.name} ({len(truths)} images; VOC IoU: {evaluator.iou_convention})\n")
     print(evaluation.format_table(metrics, evaluator.class_names))

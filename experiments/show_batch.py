@@ -13,12 +13,14 @@ import sys
 from absl import app, flags, logging
 
 from ssd_jax import files, visualize
-from ssd_jax.data import pipeline
+from ssd_jax.data import pipeline, sources
 
-DATASET = flags.DEFINE_enum("dataset", "shapes", list(pipeline.DATASET_NAMES), "Data set to read.")
-DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's), or the VOC folder of vocdir.")
-ANNOTATIONS = flags.DEFINE_string("annotations", None, "cocojson: the training split's COCO json.")
-IMAGES = flags.DEFINE_string("images", None, "cocojson: its image folder.")
+# The registered data sets, and a flag for each field they read (--data_dir, --train_annotations, ...).
+DATASET = flags.DEFINE_enum("dataset", "shapes", list(sources.names()), f"Data set: {sources.describe()}.")
+DATA_FIELDS = {name: flags.DEFINE_string(name, field.default, field.help)
+               for name, field in sources.all_fields().items()}
+flags.DEFINE_alias("annotations", "train_annotations")
+flags.DEFINE_alias("images", "train_images")
 IMAGE_SIZE = flags.DEFINE_integer("image_size", 160, "Training image side.")
 BATCH = flags.DEFINE_integer("batch", 16, "Images in the picture.")
 SEED = flags.DEFINE_integer("seed", 0, "Augmentation seed.")
@@ -36,8 +38,7 @@ def main(argv):
     except OSError as error:  # OutputExistsError included
         sys.exit(f"error: {error}")
     try:  # VOC/COCO need a download first, folders must exist: say so, no traceback
-        source = pipeline.open_source(DATASET.value, data_dir=DATA_DIR.value, train_annotations=ANNOTATIONS.value,
-                                      train_images=IMAGES.value)
+        source = sources.open_source(DATASET.value, **{name: flag.value for name, flag in DATA_FIELDS.items()})
         examples = source.examples("train")
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")

@@ -18,6 +18,6 @@ import train_lib
 from absl import flags
 
 if __name__ == "__main__":
-    argv = train_lib.define_config_flag("voc_ssd300.py")
+    train_lib.define_config_flag("voc_ssd300.py")
     flags.adopt_module_key_flags(train_lib)  # --help lists --config, --dataset, --accel, --workdir, ... here
-    train_lib.main(argv)
+    train_lib.main()

@@ -9,6 +9,6 @@ import train_lib
 from absl import flags
 
 if __name__ == "__main__":
-    argv = train_lib.define_config_flag("coco_ssd300.py")
+    train_lib.define_config_flag("coco_ssd300.py")
     flags.adopt_module_key_flags(train_lib)  # --help lists --config, --dataset, --accel, --workdir, ... here
-    train_lib.main(argv, default_workdir=lambda config: "runs/coco_ssd300")
+    train_lib.main()

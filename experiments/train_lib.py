@@ -1,15 +1,19 @@
 """The training command line, shared by experiments/train.py and its aliases train_voc.py and
-train_coco.py: flags, the --dataset shortcut, device checks, multi-host start-up, and the run
-itself with its one-line errors and exit codes."""
+train_coco.py: flags (the config file with its --config.FIELD overrides, ml_collections' way;
+the --dataset and --data_dir shortcuts, applied to the parsed config), device checks,
+multi-host start-up, and the run itself with its one-line errors and exit codes."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from ssd_jax.data import sources
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 # --dataset=NAME: the data set's recipe, with the data set itself set in it.
@@ -29,9 +33,9 @@ PEER_TIMEOUT = flags.DEFINE_integer("peer_timeout", 120, "Multi-host: seconds af
                                     "wait to join it.", lower_bound=10)
 SHOW_CONFIG = flags.DEFINE_bool("show_config", False, "Print the training config (every field, after the "
                                 "--config.FIELD overrides) and exit.")
-DATASET = flags.DEFINE_enum("dataset", None, sorted([*DATASET_CONFIGS, "vocdir", "cocojson"]),
-                            "Shortcut: train on this data set with its recipe "
-                            f"({', '.join(f'{k}: {v}' for k, v in DATASET_CONFIGS.items())}; vocdir and cocojson "
+DATASET = flags.DEFINE_enum("dataset", None, list(sources.names()),
+                            "Shortcut: train on this data set (--config.dataset) with its recipe "
+                            f"({', '.join(f'{k}: {v}' for k, v in DATASET_CONFIGS.items())}; the other data sets "
                             "keep the script's), unless --config names another file; --config.FIELD overrides "
                             "apply on top.")
 DATA_DIR = flags.DEFINE_string("data_dir", None, "Shortcut for --config.data_dir (the TFDS data directory, or "
@@ -39,20 +43,16 @@ DATA_DIR = flags.DEFINE_string("data_dir", None, "Shortcut for --config.data_dir
 CONFIG = None  # the --config flag, defined by define_config_flag
 
 
-def define_config_flag(default_file: str) -> list[str]:
-    """Defines --config (default: ``default_file`` of experiments/configs) for the command line with
-    the --dataset shortcut applied -> that command line, for ``main``. ml_collections reads the
-    command line when the flag is defined, to define the --config.FIELD overrides of the file it names."""
+def define_config_flag(default_file: str) -> None:
+    """Defines --config, whose default is ``default_file`` of experiments/configs."""
     global CONFIG
-    argv = with_dataset_shortcut(sys.argv, default_file)
     with _nested_fields_reported():
         # Unknown --config.FIELD overrides are accepted here so that the config checks list them with
         # every other problem ("did you mean ...") instead of ml_collections failing on the first.
         CONFIG = config_flags.DEFINE_config_file(
             "config", os.path.join(CONFIG_DIR, default_file), "Training config file (experiments/configs/*.py, "
             "get_config()); override fields with --config.FIELD=VALUE; --show_config lists the fields.",
-            sys_argv=argv, lock_config=False, accept_new_attributes=True)
-    return argv
+            lock_config=False, accept_new_attributes=True)
 
 
 @contextlib.contextmanager
@@ -75,47 +75,45 @@ def _parse_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
 
 
-def with_dataset_shortcut(argv: list[str], default_file: str) -> list[str]:
-    """argv with the shortcuts spelled out: --dataset=NAME as --config=FILE of its recipe (unless
-    --config is given) and --config.dataset=NAME, --data_dir=DIR as --config.data_dir=DIR, before
-    the user's own overrides so that theirs win."""
-    def position_of(name):  # (index of --name, index of its value) or None
-        for i, arg in enumerate(argv):
-            if arg.startswith(f"--{name}="):
-                return i, i
-            if arg == f"--{name}" and i + 1 < len(argv):
-                return i, i + 1
-        return None
-
-    dataset_at, config_at, data_dir_at = position_of("dataset"), position_of("config"), position_of("data_dir")
-    fields = []
-    if dataset_at is not None:
-        fields.append(f"--config.dataset={argv[dataset_at[1]].split('=', 1)[-1]}")
-    if data_dir_at is not None:
-        fields.append(f"--config.data_dir={argv[data_dir_at[1]].split('=', 1)[-1]}")
-    if not fields:
-        return list(argv)
-    if config_at is None:  # the recipe first, then the data set, then the user's overrides
-        dataset = argv[dataset_at[1]].split("=", 1)[-1] if dataset_at is not None else None
-        recipe = os.path.join(CONFIG_DIR, DATASET_CONFIGS.get(dataset, default_file))
-        return [argv[0], f"--config={recipe}", *fields, *argv[1:]]
-    after = config_at[1] + 1  # right after the user's --config, before their overrides
-    return [*argv[:after], *fields, *argv[after:]]
+def load_recipe(filename: str):
+    """The config of a recipe file of experiments/configs (its ``get_config()``)."""
+    path = os.path.join(CONFIG_DIR, filename)
+    spec = importlib.util.spec_from_file_location(f"recipe_{os.path.splitext(filename)[0]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
-def main(argv: list[str], *, default_workdir=None) -> None:
+def command_line_config():
+    """The training config of the command line: --config's file, or --dataset's recipe when no
+    --config is given; then --dataset and --data_dir set in it; then the user's --config.FIELD
+    overrides, which win."""
+    config = CONFIG.value
+    if DATASET.value is None and DATA_DIR.value is None:
+        return config
+    if DATASET.value in DATASET_CONFIGS and not flags.FLAGS["config"].present:
+        config = load_recipe(DATASET_CONFIGS[DATASET.value])
+    if DATASET.value is not None:
+        config.dataset = DATASET.value
+    if DATA_DIR.value is not None:
+        config.data_dir = DATA_DIR.value
+    for field, value in config_flags.get_override_values(flags.FLAGS["config"]).items():
+        config[field] = value
+    return config
+
+
+def main() -> None:
     """The training script: ``python experiments/SCRIPT.py [--dataset=NAME] [--config=FILE]
-    [--config.FIELD=VALUE ...] [--workdir=DIR] [--accel=...]``; ``argv`` from ``define_config_flag``."""
+    [--config.FIELD=VALUE ...] [--workdir=DIR] [--accel=...]``, after ``define_config_flag``."""
 
     def train_main(argv):
-        del argv
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
         logging.set_verbosity(logging.WARNING)
-        config = CONFIG.value
-        workdir = WORKDIR.value or (default_workdir(config) if default_workdir else
-                                    f"runs/{config.dataset}_{config.model}")
-        run(config, workdir, after_training=draw_test_detections)
+        config = command_line_config()
+        run(config, WORKDIR.value or f"runs/{config.dataset}_{config.model}", after_training=draw_test_detections)
 
-    app.run(train_main, argv=argv, flags_parser=_parse_flags)
+    app.run(train_main, flags_parser=_parse_flags)
 
 
 def draw_test_detections(config, workdir: str, count: int = 12) -> None:

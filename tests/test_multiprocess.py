@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ssd_jax import checkpoint
-from ssd_jax.data import pipeline
+from ssd_jax.data import sources
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN = os.path.join(HERE, os.pardir, "experiments", "train.py")
@@ -44,7 +44,7 @@ def start_processes(command, count=2, timeout=20):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("tfds"))
-    pipeline.open_source("shapes_tiny", data_dir=directory).prepare()  # generated once, before the processes
+    sources.open_source("shapes_tiny", data_dir=directory).prepare()  # generated once, before the processes
     return directory
 
 
@@ -101,13 +101,13 @@ EVALUATE = textwrap.dedent("""
                                    int(sys.argv[4].split("=")[1]))
     import ssd_jax
     from ssd_jax import configs
-    from ssd_jax.data import pipeline
+    from ssd_jax.data import sources
     from ssd_jax.evaluation import datasets
     config = configs.ssd_tiny(num_classes=6)
     params = jax.tree.map(lambda x: jax.device_get(x), ssd_jax.init(jax.random.key(0), config))
     for i in range(config.num_sources):  # spread scores: many detections, metrics above 0
         params[f"conf_{i}"]["kernel"] = params[f"conf_{i}"]["kernel"] * 30
-    source = pipeline.open_source("shapes_tiny", data_dir=sys.argv[1])
+    source = sources.open_source("shapes_tiny", data_dir=sys.argv[1])
     metrics, _, detections, _ = datasets.evaluate_split(params, config, source, batch_size=3)
     if jax.process_index() == 0:
         print("METRICS", json.dumps({"metrics": metrics, "images": [d.image_id for d in detections],

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 from test_evaluation_trust import voc_eval_restated
 
 from ssd_jax import checkpoint
-from ssd_jax.data import local, pipeline, shapes
+from ssd_jax.data import canonical, index, shapes, sources, vocdir
 from ssd_jax.evaluation import ImageDetections, ImageGroundTruth
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), os.pardir, "experiments")
@@ -123,7 +123,7 @@ def test_faults_are_skipped_counted_and_reported_at_the_start(tmp_path):
     xml = (root / "Annotations" / f"{trainval[3]}.xml").read_text()
     xml = xml.replace("<xmin>", "<xmin>9999", 1)  # a box outside its image
     (root / "Annotations" / f"{trainval[3]}.xml").write_text(xml)
-    names, indexes, stats, _ = local.open_voc_folder(str(root), class_names=("circle", "square", "star"))
+    names, indexes, stats, _ = vocdir.open_voc_folder(str(root), class_names=("circle", "square", "star"))
     assert names == ("circle", "square", "star")
     assert stats["unreadable_images"] == 2 and stats["malformed_annotations"] == 1 and stats["bad_boxes"] >= 1
     assert stats["other_classes"] > 0  # triangles and hexagons: not among the given classes
@@ -158,7 +158,7 @@ def test_missing_or_empty_data_fails_at_once_naming_the_path(tmp_path):
 def test_a_folder_without_split_files_keeps_every_tenth_image_for_evaluation(tmp_path):
     root = tmp_path / "voc"
     shapes.write_voc_folder(root, 30, seed=7, split_files=False)
-    splits, how = local.voc_splits(str(root))
+    splits, how = vocdir.voc_splits(str(root))
     assert len(splits["eval"]) == 3 and len(splits["train"]) == 27 and "every 10th" in how
     assert not {s for _, s in splits["eval"]} & {s for _, s in splits["train"]}
 
@@ -169,22 +169,22 @@ def test_photos_are_turned_upright_as_exif_transpose_does(tmp_path, orientation)
     pixels = np.random.default_rng(orientation).integers(0, 255, (12, 20, 3), dtype=np.uint8)
     path = tmp_path / "photo.png"  # lossless, so that pixels compare exactly
     exif = Image.Exif()
-    exif[local.EXIF_ORIENTATION_TAG] = orientation
+    exif[index.EXIF_ORIENTATION_TAG] = orientation
     Image.fromarray(pixels).save(path, exif=exif.tobytes())
-    width, height, found = local.image_header(str(path))
+    width, height, found = index.image_header(str(path))
     assert (width, height, found) == (20, 12, orientation)
     with Image.open(path) as image:
         expected = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     decoded = tf.io.decode_image(tf.io.read_file(str(path)), channels=3)
-    np.testing.assert_array_equal(local.orient(decoded, orientation).numpy(), expected)
+    np.testing.assert_array_equal(canonical.orient(decoded, orientation).numpy(), expected)
 
 
 def test_boxes_drawn_on_the_stored_pixels_are_not_turned(tmp_path):
-    assert local.orientation_to_apply(20, 12, 6, (20, 12)) == 1  # annotated at the stored size
-    assert local.orientation_to_apply(20, 12, 6, (12, 20)) == 6  # annotated upright
-    assert local.orientation_to_apply(20, 12, 6, None) == 6
-    assert local.orientation_to_apply(20, 12, 3, (20, 12)) == 3  # no side swap: cannot tell, upright wins
+    assert index.orientation_to_apply(20, 12, 6, (20, 12)) == 1  # annotated at the stored size
+    assert index.orientation_to_apply(20, 12, 6, (12, 20)) == 6  # annotated upright
+    assert index.orientation_to_apply(20, 12, 6, None) == 6
+    assert index.orientation_to_apply(20, 12, 3, (20, 12)) == 3  # no side swap: cannot tell, upright wins
 
 
 def test_data_set_names_cover_tfds_and_disk():
-    assert {"voc", "coco", "shapes", "shapes_tiny", "vocdir", "cocojson"} == set(pipeline.DATASET_NAMES)
+    assert {"voc", "coco", "shapes", "shapes_tiny", "vocdir", "cocojson"} <= set(sources.names())

@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from ssd_jax import checkpoint, configs, train
-from ssd_jax.data import pipeline
+from ssd_jax.data import pipeline, sources, tfds_sources
 from ssd_jax.evaluation import datasets as evaluation
 from ssd_jax.evaluation.evaluator import ground_truth_records
 
@@ -70,27 +70,28 @@ def test_the_training_script_trains_evaluates_and_stores_the_class_names(tmp_pat
     assert out.returncode == 0, out.stderr[-3000:]
     assert "done:" in out.stdout
     metadata = checkpoint.load_metadata(workdir / "params")
-    assert metadata["class_names"] == list(pipeline.DATASETS["shapes_tiny"].class_names)
+    assert metadata["class_names"] == list(tfds_sources.DATASETS["shapes_tiny"].class_names)
     assert (workdir / "detections.png").exists() == evaluate and (workdir / "class_ap.png").exists() == evaluate
     assert ("detections.png" in out.stdout.splitlines()[-1]) == evaluate  # lists only what exists
 
 
 # ----------------------------------------------------------------------------- data sets and evaluation
 def test_every_data_set_is_described_completely():
-    for name, spec in pipeline.DATASETS.items():
+    for name, spec in tfds_sources.DATASETS.items():
         assert spec.num_classes == len(spec.class_names) + 1
         assert spec.voc_iou in ("devkit", "continuous"), name
         assert spec.train and spec.eval, name
-    assert pipeline.DATASETS["coco"].category_ids is not None and not pipeline.DATASETS["coco"].train_on_difficult
-    assert pipeline.DATASETS["voc"].train_on_difficult and pipeline.DATASETS["voc"].voc_iou == "devkit"
+    coco, voc = tfds_sources.DATASETS["coco"], tfds_sources.DATASETS["voc"]
+    assert coco.category_ids is not None and not coco.train_on_difficult
+    assert voc.train_on_difficult and voc.voc_iou == "devkit"
     with pytest.raises(ValueError, match="unknown dataset 'vco'"):
-        pipeline.dataset_spec("vco")
+        tfds_sources.dataset_spec("vco")
 
 
 def test_coco_crowd_regions_are_not_trained_on():
     with tfds.testing.mock_data(num_examples=12):
-        trained = list(pipeline.tfds_source("coco", "train").as_numpy_iterator())
-        evaluated = list(pipeline.tfds_source("coco", "eval").as_numpy_iterator())
+        trained = list(tfds_sources.tfds_source("coco", "train").as_numpy_iterator())
+        evaluated = list(tfds_sources.tfds_source("coco", "eval").as_numpy_iterator())
     assert sum(int(e["difficult"].sum()) for e in evaluated) > 0  # the mock data has crowd regions ...
     assert sum(int(e["difficult"].sum()) for e in trained) == 0  # ... training never sees them
     assert sum(len(e["labels"]) for e in trained) > 0
@@ -119,7 +120,7 @@ def test_evaluation_never_drops_ground_truth():
 
 
 def test_a_91_slot_model_maps_onto_the_data_set_categories():
-    coco, shapes = pipeline.open_source("coco"), pipeline.open_source("shapes")
+    coco, shapes = sources.open_source("coco"), sources.open_source("shapes")
     table = evaluation.class_map_for(configs.ssd_tiny(num_classes=91), coco)
     assert table.shape == (91,) and table[90] == 80 and table[13] == 12 and table[12] == 0 and table[0] == 0
     assert evaluation.class_map_for(configs.ssd_tiny(num_classes=81), coco) is None
@@ -128,25 +129,49 @@ def test_a_91_slot_model_maps_onto_the_data_set_categories():
 
 
 # ----------------------------------------------------------------------------- model vs training settings
-def test_matching_and_mining_are_training_settings_and_old_configs_still_load(tmp_path):
+CONFIG_V1 = os.path.join(os.path.dirname(__file__), "data", "config_v1")
+
+
+def test_matching_and_mining_are_training_settings():
     config = train.default_config()
     assert (config.match_iou_threshold, config.neg_pos_ratio) == (0.5, 3.0)  # the paper's
     assert not hasattr(configs.ssd300(), "match_iou_threshold")
-    stored = configs.to_dict(configs.ssd_tiny(num_classes=6))
-    stored.update(match_iou_threshold=0.4, neg_pos_ratio=2.0)  # a config.json of an earlier version
-    assert configs.from_dict(json.loads(json.dumps(stored))) == configs.ssd_tiny(num_classes=6)
     config.match_iou_threshold = 0.0
     with pytest.raises(train.ConfigError, match="match_iou_threshold=0.0: must be a number in"):
         train.validate_config(config)
 
 
-def test_config_json_of_before_the_backbone_choice_still_loads():
-    """A config.json written before backbone, head, std_rgb, the Caffe fields and postprocess existed."""
-    stored = configs.to_dict(configs.ssd300_torchvision())
-    for field in ("backbone", "head", "reduced_tail", "caffe_layers", "caffe_input", "caffe_sources", "std_rgb",
-                  "postprocess"):
-        del stored[field]
-    assert configs.from_dict(json.loads(json.dumps(stored))) == configs.ssd300_torchvision()
-    for name in configs.PRESETS:  # and every preset round-trips through JSON
-        config = configs.get(name)
-        assert configs.from_dict(json.loads(json.dumps(configs.to_dict(config)))) == config
+@pytest.mark.parametrize("name", ["ssd300", "ssd300_coco", "ssd300_torchvision", "ssd512", "ssd_tiny",
+                                  "ssdlite320_mobilenet_v3_large", "ssdlite320_mobilenet_v3_large_full",
+                                  "ssd300_resnet50"])
+def test_config_json_of_version_1_loads_as_the_same_preset(name):
+    """config.json files as every release before the base networks' own settings wrote them (kept in
+    tests/data/config_v1, written by that code): flat VGG widths, a backbone name, the matching
+    settings, a 4-tuple of post-processing options."""
+    with open(os.path.join(CONFIG_V1, f"{name}.json")) as f:
+        stored = json.load(f)
+    assert "config_version" not in stored and isinstance(stored["backbone"], str)
+    assert configs.from_dict(stored) == configs.get(name)
+    config = configs.get(name)  # and every preset round-trips through today's JSON
+    assert configs.from_dict(json.loads(json.dumps(configs.to_dict(config)))) == config
+
+
+def test_the_oldest_config_json_and_a_caffe_one_still_load(tmp_path):
+    with open(os.path.join(CONFIG_V1, "ssd300_torchvision_before_backbones.json")) as f:
+        oldest = json.load(f)  # before backbone, head, std_rgb, the Caffe fields and postprocess existed
+    assert "backbone" not in oldest and "match_iou_threshold" in oldest
+    assert configs.from_dict(oldest) == configs.ssd300_torchvision()
+    # A Caffe network's graph was flat in the config (caffe_layers, ...): now its base network's settings.
+    from caffe_files import random_ssd300_weights, ssd300_prototxt, write_caffemodel
+
+    from ssd_jax import weights
+
+    text, convs = ssd300_prototxt(num_classes=3, width=8)
+    (tmp_path / "deploy.prototxt").write_text(text)
+    write_caffemodel(tmp_path / "m.caffemodel", random_ssd300_weights(convs))
+    _, expected = weights.from_caffe(tmp_path / "deploy.prototxt", tmp_path / "m.caffemodel")
+    with open(os.path.join(CONFIG_V1, "caffe_weiliu89_eighth.json")) as f:
+        stored = json.load(f)
+    assert stored["backbone"] == "caffe" and stored["caffe_layers"]
+    assert configs.from_dict(stored) == expected
+    assert configs.from_dict(json.loads(json.dumps(configs.to_dict(expected)))) == expected

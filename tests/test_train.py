@@ -102,14 +102,15 @@ def test_frozen_blocks_keep_their_weights_and_leave_the_rest_unchanged():
         config = train.default_config()
         config.update(model="ssd_tiny", warmup_steps=0, frozen_blocks=blocks, learning_rate=1e-2)
         optimizer, schedule = train.make_optimizer(config), train.learning_rate_schedule(config)
-        step = train.jit_train_step(model_config, optimizer, schedule, mesh, frozen=train.frozen_blocks(config),
+        step = train.jit_train_step(model_config, optimizer, schedule, mesh,
+                                    frozen=train.frozen_prefixes(model_config, train.frozen_blocks(config)),
                                     gradients="xla")
         state = train.replicate(train.initial_state(config, model_config, optimizer), mesh)
         initial = jax.device_get(state.params)
         state, _ = step(state, batch)  # one step: after it the free run's first layers differ
         results[blocks] = (initial, jax.device_get(state.params))
     (start, free), (_, frozen) = results[0], results[2]
-    mask = train.frozen_mask(start, 2)
+    mask = train.frozen_mask(start, train.frozen_prefixes(configs.ssd_tiny(), 2))
     assert sorted(name for name in start["backbone"] if mask["backbone"][name]["kernel"]) == [
         "conv1_1", "conv2_1"]  # ssd_tiny has one convolution per block
     for path, is_frozen in jax.tree_util.tree_leaves_with_path(mask):
@@ -136,7 +137,9 @@ EIGHT_DEVICES = textwrap.dedent("""
     model_config = configs.ssd_tiny(num_classes=6)
     optimizer, schedule = train.make_optimizer(config), train.learning_rate_schedule(config)
     batch = random_batch(8)
-    for batch_norm in (False, True):  # BatchNorm: statistics of the global batch, not of each device's part
+    # With BatchNorm, the harder case: its statistics are those of the global batch, not of each device's
+    # part (the plain step is the same program less the BatchNorms).
+    for batch_norm in (True,):
         config.batch_norm = batch_norm
         initial = jax.device_get(train.initial_state(config, model_config, optimizer))  # host copy: steps donate
         results = []
@@ -159,7 +162,7 @@ def test_eight_devices_give_the_same_step_as_one():
                          cwd=os.path.dirname(__file__), env={**os.environ, "PYTHONPATH": os.path.dirname(__file__)})
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
-    assert len(lines) == 2  # without and with BatchNorm
+    assert len(lines) == 1
     for line in lines:
         batch_norm, n1, n8, loss1, loss8, diff, scale = (float(x) for x in line.split()[1:])
         assert (n1, n8) == (1, 8)

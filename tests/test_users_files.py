@@ -17,7 +17,7 @@ from random_models import spread_params
 
 import ssd_jax
 from ssd_jax import checkpoint, configs, export, files
-from ssd_jax.data import local, shapes
+from ssd_jax.data import cocojson, shapes, vocdir
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), os.pardir, "experiments")
 CONFIG = configs.ssd_tiny(num_classes=4)
@@ -241,7 +241,7 @@ def test_coco_json_faults_are_each_counted_under_their_own_name(tmp_path, caplog
     path = tmp_path / "instances.json"
     path.write_text(json.dumps(annotations))
     with caplog.at_level(logging.WARNING):
-        names, _, indexes, stats = local.open_coco_json({"eval": str(path)}, {"eval": str(images)})
+        names, _, indexes, stats = cocojson.open_coco_json({"eval": str(path)}, {"eval": str(images)})
     assert names == ("cat", "dog") and len(indexes["eval"]) == 1 and indexes["eval"].num_objects == 2
     assert stats == {"malformed_image_entries": 1, "orphan_annotations": 1, "unknown_categories": 1}
     assert stats.summary() == ("skipped: 1 malformed image entry, 1 annotation of no listed image, "
@@ -249,7 +249,7 @@ def test_coco_json_faults_are_each_counted_under_their_own_name(tmp_path, caplog
     warnings = "\n".join(record.getMessage() for record in caplog.records)
     for entry in ("images[1]", "annotation 2: its image_id 99", "annotation 3: category_id 7"):
         assert f"{path}" in warnings and entry in warnings, entry
-    _, _, _, stats = local.open_coco_json({"eval": str(path)}, {"eval": str(images)}, class_names=("cat",))
+    _, _, _, stats = cocojson.open_coco_json({"eval": str(path)}, {"eval": str(images)}, class_names=("cat",))
     assert stats["other_classes"] == 1 and stats["unknown_categories"] == 1  # only now "another class"
 
 
@@ -263,7 +263,7 @@ def test_one_malformed_voc_object_leaves_out_that_object_only(tmp_path, caplog):
     xml = xml.replace("<object>", "<object><name>lost</name></object><object>", 1)  # an object without bndbox
     xml_path.write_text(xml)
     with caplog.at_level(logging.WARNING):
-        _, indexes, stats, _ = local.open_voc_folder(str(root))
+        _, indexes, stats, _ = vocdir.open_voc_folder(str(root))
     index = indexes["train"]
     position = [os.path.basename(p) for p in index.paths].index(f"{stem}.jpg")  # the image is kept ...
     assert len(index.labels[position]) == count  # ... with all its good objects

@@ -9,7 +9,7 @@ import pytest
 from jax import lax
 
 from ssd_jax import checkpoint, configs, weights
-from ssd_jax.models import param_shapes
+from ssd_jax.models import param_shapes, vgg
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
@@ -123,7 +123,7 @@ def vgg16_state_dict(reduced_fc: bool, seed=0) -> dict:
 def test_vgg16_reduced_fc_fills_the_whole_base():
     state = vgg16_state_dict(reduced_fc=True)
     tree = weights.from_vgg16(state, bgr=True)
-    assert sorted(tree["backbone"]) == sorted(weights.VGG_CONV_NAMES + ("fc6", "fc7"))
+    assert sorted(tree["backbone"]) == sorted(vgg.VGG_CONV_NAMES + ("fc6", "fc7"))
     np.testing.assert_array_equal(tree["backbone"]["fc7"]["kernel"], hwio(state["33.weight"]))
     np.testing.assert_array_equal(tree["backbone"]["conv1_1"]["kernel"][:, :, 0], hwio(state["0.weight"])[:, :, 2])
 

@@ -1,20 +1,9 @@
-"""Input pipelines: TFDS VOC / COCO / built-in shapes, local VOCdevkit and COCO json readers,
-SSD augmentation. Formats are described in ``ssd_jax.data.pipeline``."""
+"""Data: the sources of labelled images (``sources``: a registry; TFDS VOC / COCO / the built-in
+shapes in ``tfds_sources``, your own VOC folder in ``vocdir`` and COCO json in ``cocojson``),
+the canonical example they all yield (``canonical``), the tf.data pipelines that batch it
+(``pipeline``) with SSD's augmentation (``augment``), and the synthetic shapes (``shapes``).
+Importing this package does not import TensorFlow; the readers and pipelines do."""
 
-from ssd_jax.data.pipeline import (
-    DATASETS,
-    DatasetNotPreparedError,
-    as_numpy,
-    eval_dataset,
-    tfds_source,
-    train_dataset,
-)
+from ssd_jax.data.sources import DatasetNotPreparedError, DataSource, Field, Source, open_source, register
 
-__all__ = [
-    "DATASETS",
-    "DatasetNotPreparedError",
-    "as_numpy",
-    "eval_dataset",
-    "tfds_source",
-    "train_dataset",
-]
+__all__ = ["DataSource", "DatasetNotPreparedError", "Field", "Source", "open_source", "register"]

@@ -1,5 +1,5 @@
 """Evaluation on a data set's evaluation split: the one path that training, experiments/evaluate.py
-and the detection pictures share. The data set is an opened ``pipeline.Source`` (TFDS or on disk).
+and the detection pictures share. The data set is an opened ``sources.Source`` (TFDS or on disk).
 Imports TensorFlow (the input pipeline); the metrics themselves (``ssd_jax.evaluation``) do not.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from ssd_jax import files
 from ssd_jax.configs import SSDConfig
-from ssd_jax.data import pipeline
+from ssd_jax.data import pipeline, sources
 from ssd_jax.evaluation import plots
 from ssd_jax.evaluation.evaluator import Evaluator
 from ssd_jax.evaluation.voc import ImageDetections, ImageGroundTruth
@@ -27,7 +27,7 @@ class EvaluationError(ValueError):
     """The model does not fit the data set, or the split is empty; the message says what to do."""
 
 
-def class_map_for(model_config: SSDConfig, source: pipeline.Source) -> np.ndarray | None:
+def class_map_for(model_config: SSDConfig, source: sources.Source) -> np.ndarray | None:
     """The model-class -> data-set-class map: None when the model's classes are the data set's;
     for a model whose class slots are the source's category ids (torchvision's 91 COCO slots),
     the map onto the data set's classes. ``EvaluationError`` for any other class count."""
@@ -41,15 +41,15 @@ def class_map_for(model_config: SSDConfig, source: pipeline.Source) -> np.ndarra
                           f"{source.num_classes} (with background): evaluate it on the data set it was trained for")
 
 
-def evaluator_for(model_config: SSDConfig, source: pipeline.Source, *, batch_size: int,
-                  iou_convention: str | None = None, **detect_options) -> Evaluator:
+def evaluator_for(model_config: SSDConfig, source: sources.Source, *, batch_size: int,
+                  iou_convention: str | None = None, options=None) -> Evaluator:
     """An ``Evaluator`` with the data set's class names, category ids and VOC IoU convention."""
     return Evaluator(model_config, batch_size=batch_size, class_names=source.class_names,
                      coco_category_ids=source.category_ids, iou_convention=iou_convention or source.voc_iou,
-                     class_map=class_map_for(model_config, source), **detect_options)
+                     class_map=class_map_for(model_config, source), options=options)
 
 
-def evaluation_batches(source: pipeline.Source, *, image_size: int, batch_size: int
+def evaluation_batches(source: sources.Source, *, image_size: int, batch_size: int
                        ) -> Iterator[dict[str, np.ndarray]]:
     """The evaluation split's numpy batches (images resized to ``image_size``, all objects kept)."""
     return pipeline.as_numpy(pipeline.eval_dataset(source.examples("eval"), batch_size=batch_size,
@@ -74,7 +74,7 @@ def claim_report(out_dir: str, *, overwrite: bool) -> None:
                     is_ours=is_report_file, what="evaluation results")
 
 
-def evaluate_split(params, model_config: SSDConfig, source: pipeline.Source, *, batch_size: int,
+def evaluate_split(params, model_config: SSDConfig, source: sources.Source, *, batch_size: int,
                    iou_convention: str | None = None, progress: bool = False):
     """Detects on the whole evaluation split -> (metrics, evaluator, detections, ground truths).
 
@@ -140,7 +140,7 @@ def write_report(out_dir: str, metrics: dict, evaluator: Evaluator, detections=N
     return written
 
 
-def draw_split_detections(params, model_config: SSDConfig, source: pipeline.Source, path: str, *,
+def draw_split_detections(params, model_config: SSDConfig, source: sources.Source, path: str, *,
                           count: int = 12) -> str:
     """The model's detections drawn on the first ``count`` evaluation images -> ``path``."""
     import ssd_jax

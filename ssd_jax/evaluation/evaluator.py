@@ -8,7 +8,7 @@ import numpy as np
 import tqdm
 
 from ssd_jax.configs import SSDConfig
-from ssd_jax.detect import detect
+from ssd_jax.detect import DetectOptions, detect
 from ssd_jax.evaluation.coco import evaluate_coco
 from ssd_jax.evaluation.voc import (
     IOU_CONVENTIONS,
@@ -19,7 +19,6 @@ from ssd_jax.evaluation.voc import (
     mean_ap,
     precision_recall_curves,
 )
-from ssd_jax.nms import DEFAULTS
 
 
 def pad_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -110,10 +109,7 @@ class Evaluator:
         *,
         batch_size: int,
         class_names: Sequence[str] | None = None,
-        score_threshold: float = DEFAULTS.score_threshold,
-        iou_threshold: float = DEFAULTS.iou_threshold,
-        pre_nms_top_k: int = DEFAULTS.pre_nms_top_k,
-        max_detections: int = DEFAULTS.max_detections,
+        options: DetectOptions | None = None,
         coco_category_ids: Sequence[int] | None = None,
         iou_convention: str = "devkit",
         class_map: Sequence[int] | None = None,
@@ -124,7 +120,7 @@ class Evaluator:
           batch_size: the number of images per ``detect`` call; batches may not be larger.
           class_names: the K foreground class names of the evaluated classes, class k at index
             k-1; default 'class<k>'. K is C-1 for a model with C classes, or max(class_map).
-          score_threshold, iou_threshold, pre_nms_top_k, max_detections: ``detect``'s options.
+          options: ``detect``'s options (``DetectOptions``; default: the model's post-processing).
           coco_category_ids: the COCO category id of each evaluated foreground class
             (``COCO_CATEGORY_IDS`` for COCO); default 1..K.
           iou_convention: the VOC metrics' IoU, "devkit" (inclusive pixel ranges, as the VOC devkit)
@@ -160,13 +156,12 @@ class Evaluator:
                                   else tuple(range(1, self.num_classes)))
         self.iou_convention = iou_convention
         self.class_map = class_map
-        self.detect_options = dict(score_threshold=score_threshold, iou_threshold=iou_threshold,
-                                   pre_nms_top_k=pre_nms_top_k, max_detections=max_detections)
+        self.options = options or DetectOptions()
 
     def _detect(self, params, images: np.ndarray):
         """Dispatches ``detect`` on the padded batch; returns without waiting for the device."""
         return detect(params, pad_batch(np.asarray(images), self.batch_size), config=self.config,
-                      **self.detect_options)
+                      options=self.options)
 
     def collect(
         self, params, batches: Iterable[Mapping[str, np.ndarray]], *, progress: bool = False

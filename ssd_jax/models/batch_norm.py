@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 
-from ssd_jax.configs import SSDConfig
 from ssd_jax.models.layers import BATCH_NORM_EPSILON
 from ssd_jax.models.layers import BATCH_NORM_SUFFIX as SUFFIX
 from ssd_jax.models.ssd import variable_shapes
+
+if TYPE_CHECKING:
+    from ssd_jax.configs import SSDConfig
 
 
 def init_batch_norm(params, config: SSDConfig) -> tuple[dict, dict]:

@@ -1,20 +1,97 @@
-"""A network imported from Caffe, run layer by layer: the base network of ``backbone="caffe"``.
+"""A network imported from Caffe, run layer by layer: the base network of Caffe SSD models.
 
-The layers (``configs.CaffeLayer``) come from ``ssd_jax.caffe``, which has already folded
-BatchNorm and Scale into the convolutions they follow, so what remains is a short list of
-kinds. Parameters are named after the Caffe layers.
+Its settings (``CaffeNetSettings``) are the layer graph that ``ssd_jax.caffe`` reads from a
+deploy prototxt, with BatchNorm and Scale already folded into the convolutions they follow, so
+what remains is a short list of kinds. Parameters are named after the Caffe layers.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from ssd_jax.configs import CaffeLayer, caffe_blob_sizes
+from ssd_jax.models import base_networks
 from ssd_jax.models.layers import conv
+
+LAYER_KINDS = ("conv", "affine", "relu", "max_pool", "avg_pool", "eltwise_sum", "normalize", "concat")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaffeLayer:
+    """One layer of a network imported from Caffe. ``inputs`` and ``output`` name blob versions (a
+    blob written in place gets a new version). Kinds: conv (``features``, ``kernel``, ``stride``,
+    ``pad``, ``dilation``, ``groups``), affine (per-channel gain and shift: BatchNorm and Scale
+    that could not fold into a convolution), relu (``slope`` for negative inputs), max_pool and
+    avg_pool (Caffe's rounding up; ``kernel`` 0: global), eltwise_sum, normalize (L2 across
+    channels, learned scale, ``eps``), concat (channels)."""
+
+    kind: str
+    name: str
+    inputs: tuple[str, ...]
+    output: str
+    features: int = 0
+    kernel: int = 1
+    stride: int = 1
+    pad: int = 0
+    dilation: int = 1
+    groups: int = 1
+    slope: float = 0.0
+    eps: float = 0.0
+
+
+def output_size(layer: CaffeLayer, size: int) -> int:
+    """Spatial size of ``layer``'s output for an input of ``size``: convolutions round down,
+    Caffe's pooling rounds up (but never starts a window in the bottom/right padding)."""
+    if layer.kind == "conv":
+        return (size + 2 * layer.pad - layer.dilation * (layer.kernel - 1) - 1) // layer.stride + 1
+    if layer.kind in ("max_pool", "avg_pool"):
+        if layer.kernel == 0:
+            return 1
+        out = -(-(size + 2 * layer.pad - layer.kernel) // layer.stride) + 1
+        if layer.pad and (out - 1) * layer.stride >= size + layer.pad:
+            out -= 1
+        return out
+    return size
+
+
+def blob_sizes(layers: tuple[CaffeLayer, ...], input_blob: str, image_size: int) -> dict[str, int]:
+    """Spatial size of every blob version of an imported Caffe network."""
+    sizes = {input_blob: image_size}
+    for layer in layers:
+        sizes[layer.output] = output_size(layer, sizes[layer.inputs[0]])
+    return sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class CaffeNetSettings:
+    """An imported Caffe network: its layers in order, its input blob and the blobs the heads read."""
+
+    kind: ClassVar[str] = "caffe"
+    layers: tuple[CaffeLayer, ...]
+    sources: tuple[str, ...]
+    input_blob: str = "data"
+
+    def __post_init__(self):
+        known = {self.input_blob}
+        for layer in self.layers:
+            if layer.kind not in LAYER_KINDS:
+                raise ValueError(f"Caffe layer {layer.name!r} has unknown kind {layer.kind!r}")
+            missing = [blob for blob in layer.inputs if blob not in known]
+            if missing or not layer.inputs:
+                raise ValueError(f"Caffe layer {layer.name!r} reads {missing or 'nothing'}, not written before it")
+            known.add(layer.output)
+        if not self.sources or any(source not in known for source in self.sources):
+            raise ValueError(f"Caffe network: sources {self.sources} must name blobs of its layers")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> CaffeNetSettings:
+        layers = tuple(CaffeLayer(**{k: tuple(v) if isinstance(v, list) else v for k, v in layer.items()})
+                       for layer in values["layers"])
+        return cls(layers=layers, sources=tuple(values["sources"]), input_blob=values.get("input_blob", "data"))
 
 
 class Affine(nn.Module):
@@ -73,7 +150,7 @@ class CaffeNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         del train
-        sizes = caffe_blob_sizes(self.layers, self.input_blob, x.shape[1])
+        sizes = blob_sizes(self.layers, self.input_blob, x.shape[1])
         blobs = {self.input_blob: x}
         for layer in self.layers:
             inputs = [blobs[name] for name in layer.inputs]
@@ -99,3 +176,11 @@ class CaffeNet(nn.Module):
         return [blobs[name] for name in self.sources]
 
 
+
+
+NETWORK = base_networks.register(base_networks.BaseNetwork(
+    settings=CaffeNetSettings,
+    build=lambda settings, **options: CaffeNet(layers=settings.layers, sources=settings.sources,
+                                               input_blob=settings.input_blob, **options),
+    source_sizes=lambda settings, image_size: [blob_sizes(settings.layers, settings.input_blob, image_size)[source]
+                                               for source in settings.sources]))

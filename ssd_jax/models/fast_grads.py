@@ -28,8 +28,8 @@ from jax import lax
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 # For kernels with at most this many (input x output) channels XLA's own kernel gradient is the
-# faster one: ssd_tiny's conv1_1 (3 -> 8) 2.2x and conv2_1 (8 -> 16) 1.5x; from 16 -> 32 and
-# SSD300's conv1_1 (3 -> 64) on, the per-tap products win (2 to 5x). Measured at batch 16 and 4, 2 cores.
+# faster one on a CPU (ssd_tiny's first layers); above it the per-tap products win (the figures:
+# benchmarks/RESULTS.md).
 SMALL_KERNEL_CHANNELS = 128
 
 
@@ -39,9 +39,9 @@ GRADIENTS = ("xla", "fast", "fast_pool")
 def training_gradients(backend: str | None = None) -> str:
     """The gradient rules that train fastest on ``backend`` (default: JAX's default backend).
 
-    Measured (benchmarks/RESULTS.md): both rules on a 2-core CPU; on an H200 the pooling rule
-    alone (SSD300 bfloat16 step, batch 32: 15.0 instead of 17.1 ms: XLA's select-and-scatter
-    took 1.4 ms of it, and cuDNN's kernel gradients are fast).
+    Both rules on a CPU, where XLA's kernel and pooling gradients are the slow ones; on a GPU the
+    pooling rule alone, since cuDNN's kernel gradients are fast and XLA's select-and-scatter is
+    not (the measurements: benchmarks/RESULTS.md).
     """
     backend = backend or jax.default_backend()
     return {"cpu": "fast", "gpu": "fast_pool", "cuda": "fast_pool", "rocm": "fast_pool"}.get(backend, "xla")

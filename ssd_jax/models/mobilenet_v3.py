@@ -8,14 +8,27 @@ to one: ``stem`` (features.0), ``b{i}_expand`` / ``b{i}_dw`` / ``b{i}_se_reduce`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssd_jax import state_dicts
+from ssd_jax.models import base_networks
 from ssd_jax.models.layers import conv, conv_act
+
+
+@dataclasses.dataclass(frozen=True)
+class MobileNetV3Settings:
+    """reduced_tail: the last stage at half width (160 -> 80 channels, last layer 960 -> 480), as
+    torchvision builds SSDLite without an ImageNet backbone (so its COCO weights have it)."""
+
+    kind: ClassVar[str] = "mobilenet_v3_large"
+    reduced_tail: bool = False
 
 
 class Block(NamedTuple):
@@ -113,3 +126,80 @@ class MobileNetV3Large(nn.Module):
                 x = x + shortcut
         x = layer(x, 6 * blocks[-1].out, 1, activation="hardswish", name="last")  # 960, or 480 reduced
         return [*sources, x]
+
+
+def source_sizes(settings: MobileNetV3Settings, image_size: int) -> list[int]:
+    """Five stride-2 convolutions with "same"-style padding (each rounds up); the sources are the
+    expansion of the block before the last stride-2 one (1/16) and the last layer (1/32)."""
+    del settings
+    size = image_size
+    for _ in range(4):
+        size = (size - 1) // 2 + 1
+    return [size, (size - 1) // 2 + 1]
+
+
+# ----------------------------------------------------------------------------- torchvision's weights
+# torchvision builds MobileNetV3's BatchNorms with eps 0.001 (SSDLite's too).
+BN_EPS = 1e-3
+
+
+def conv_norm(key: str) -> state_dicts.ConvBN:
+    """torchvision's ``Conv2dNormActivation`` at ``key``: conv ``key.0``, BatchNorm ``key.1``."""
+    return state_dicts.ConvBN(f"{key}.0", f"{key}.1")
+
+
+def _block_keys(index: int, prefix: str, *, expands: bool, squeeze_excite: bool) -> dict:
+    """Our layer names of block ``index`` -> torchvision's keys under ``prefix`` (an
+    ``InvertedResidual.block``: [expand], depthwise, [squeeze-excitation], project)."""
+    names = (["expand"] if expands else []) + ["dw"] + (["se"] if squeeze_excite else []) + ["project"]
+    keys: dict = {}
+    for position, name in enumerate(names):
+        if name == "se":
+            keys[f"b{index}_se_reduce"] = f"{prefix}.{position}.fc1"
+            keys[f"b{index}_se_expand"] = f"{prefix}.{position}.fc2"
+        else:
+            keys[f"b{index}_{name}"] = conv_norm(f"{prefix}.{position}")
+    return keys
+
+
+def torchvision_keys(settings: MobileNetV3Settings, *, ssdlite: bool) -> dict:
+    """Our layer names -> torchvision's keys: of ``ssdlite320_mobilenet_v3_large`` (``ssdlite``:
+    ``backbone.features.0`` up to block 13's expansion, ``backbone.features.1`` from its
+    depthwise conv on) or of the classifier ``mobilenet_v3_large`` (``features.N``)."""
+    blocks = large_blocks(settings.reduced_tail)
+    keys: dict = {"stem": conv_norm("backbone.features.0.0" if ssdlite else "features.0")}
+    in_channels = STEM_WIDTH
+    for i, block in enumerate(blocks, start=1):
+        expands = block.expanded != in_channels
+        in_channels = block.out
+        if not ssdlite:
+            keys.update(_block_keys(i, f"features.{i}.block", expands=expands, squeeze_excite=block.squeeze_excite))
+        elif i < FIRST_SOURCE_BLOCK:
+            keys.update(_block_keys(i, f"backbone.features.0.{i}.block", expands=expands,
+                                    squeeze_excite=block.squeeze_excite))
+        elif i == FIRST_SOURCE_BLOCK:  # split after its expansion: the first source
+            # torchvision slices the block's Sequential, which keeps the layers' indices (from 1).
+            keys.update(_block_keys(i, "backbone.features.1.0", expands=True, squeeze_excite=block.squeeze_excite))
+            keys[f"b{i}_expand"] = conv_norm(f"backbone.features.0.{i}")
+        else:
+            keys.update(_block_keys(i, f"backbone.features.1.{i - FIRST_SOURCE_BLOCK}.block", expands=expands,
+                                    squeeze_excite=block.squeeze_excite))
+    last = len(blocks) + 1
+    keys["last"] = conv_norm(f"backbone.features.1.{last - FIRST_SOURCE_BLOCK}" if ssdlite else f"features.{last}")
+    return keys
+
+
+def from_imagenet(state_dict: Mapping) -> dict:
+    """torchvision's ImageNet ``mobilenet_v3_large`` (``features.*``; the classifier is ignored)
+    -> the ``backbone`` params subtree of ``ssdlite320_mobilenet_v3_large_full``, BatchNorms folded.
+
+    Used as torchvision uses it for SSDLite: the input normalisation stays SSDLite's.
+    """
+    return state_dicts.import_backbone(state_dict, torchvision_keys(MobileNetV3Settings(), ssdlite=False),
+                                       ignore=("classifier.",), bn_eps=BN_EPS)
+
+
+NETWORK = base_networks.register(base_networks.BaseNetwork(
+    settings=MobileNetV3Settings,
+    build=lambda settings, **options: MobileNetV3Large(reduced_tail=settings.reduced_tail, **options),
+    source_sizes=source_sizes, imagenet_import=from_imagenet))

@@ -8,12 +8,16 @@ names follow its state dict: ``conv1``, ``layer{l}_{b}_conv{1,2,3}``, ``layer{l}
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssd_jax import state_dicts
+from ssd_jax.models import base_networks
 from ssd_jax.models.fast_grads import max_pool
 from ssd_jax.models.layers import conv_act
 
@@ -21,6 +25,13 @@ from ssd_jax.models.layers import conv_act
 # stride is 1 in the SSD variant (2 in the classifier).
 RESNET50_LAYERS = ((3, 64, 1), (4, 128, 2), (6, 256, 1))
 EXPANSION = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNet50Settings:
+    """ResNet-50 to conv4_x has no settings of its own: the layers are torchvision's."""
+
+    kind: ClassVar[str] = "resnet50"
 
 
 class ResNet50Base(nn.Module):
@@ -52,3 +63,33 @@ class ResNet50Base(nn.Module):
                 y = layer(y, width * EXPANSION, 1, activation="none", name=f"{name}_conv3")
                 x = nn.relu(y + shortcut)
         return [x]
+
+
+def source_sizes(settings: ResNet50Settings, image_size: int) -> list[int]:
+    """conv1 7x7/2/pad 3, max pool 3x3/2/pad 1, conv3_x's stride 2; conv4_x keeps the size."""
+    del settings
+
+    def out(size, kernel, stride, padding):
+        return (size + 2 * padding - kernel) // stride + 1
+
+    return [out(out(out(image_size, 7, 2, 3), 3, 2, 1), 3, 2, 1)]
+
+
+def from_imagenet(state_dict: Mapping) -> dict:
+    """torchvision's ImageNet ``resnet50`` -> the ``backbone`` params subtree of ``ssd300_resnet50``
+    (conv1 .. conv4_x, BatchNorms folded; ``layer4`` and ``fc`` are not part of it)."""
+    keys: dict[str, str | state_dicts.ConvBN] = {"conv1": state_dicts.ConvBN("conv1", "bn1")}
+    for layer, (blocks, _, _) in enumerate(RESNET50_LAYERS, start=1):
+        for block in range(blocks):
+            prefix = f"layer{layer}.{block}"
+            for k in (1, 2, 3):
+                keys[f"layer{layer}_{block}_conv{k}"] = state_dicts.ConvBN(f"{prefix}.conv{k}", f"{prefix}.bn{k}")
+            if block == 0:
+                keys[f"layer{layer}_0_downsample"] = state_dicts.ConvBN(f"{prefix}.downsample.0",
+                                                                        f"{prefix}.downsample.1")
+    return state_dicts.import_backbone(state_dict, keys, ignore=("layer4.", "fc."), bn_eps=1e-5)
+
+
+NETWORK = base_networks.register(base_networks.BaseNetwork(
+    settings=ResNet50Settings, build=lambda settings, **options: ResNet50Base(**options),
+    source_sizes=source_sizes, imagenet_import=from_imagenet))

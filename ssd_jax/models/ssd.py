@@ -1,38 +1,22 @@
-"""The SSD network: a base network (``config.backbone``), extra feature layers and the multibox
-heads (``config.head``: the paper's 3x3 convolutions or SSDLite's depthwise-separable ones)."""
+"""The SSD network: a base network (``config.backbone``, any registered in
+``ssd_jax.models.base_networks``), extra feature layers and the multibox heads (``config.head``:
+the paper's 3x3 convolutions or SSDLite's depthwise-separable ones)."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax.configs import SSDConfig
-from ssd_jax.models.caffe_net import CaffeNet
+from ssd_jax.models import base_networks
 from ssd_jax.models.layers import conv, conv_act
-from ssd_jax.models.mobilenet_v3 import MobileNetV3Large
-from ssd_jax.models.resnet import ResNet50Base
-from ssd_jax.models.vgg import VGG16Base
 
-
-def _vgg16(cfg: SSDConfig, **options) -> nn.Module:
-    return VGG16Base(widths=cfg.backbone_widths, fc_width=cfg.fc_width, depths=cfg.backbone_depths,
-                     l2norm_scale=cfg.l2norm_scale, **options)
-
-
-# config.backbone -> builder(config, batch_norm=, dtype=, gradients=, name=) of a module that maps
-# normalised images to its list of source maps (configs.BACKBONE_SOURCES of them).
-BACKBONES = {
-    "vgg16": _vgg16,
-    "mobilenet_v3_large": lambda cfg, **options: MobileNetV3Large(reduced_tail=cfg.reduced_tail, **options),
-    "resnet50": lambda cfg, **options: ResNet50Base(**options),
-    "caffe": lambda cfg, **options: CaffeNet(layers=cfg.caffe_layers, sources=cfg.caffe_sources,
-                                             input_blob=cfg.caffe_input, **options),
-}
+if TYPE_CHECKING:
+    from ssd_jax.configs import SSDConfig
 
 
 def flatten_head(x, values_per_box: int):
@@ -77,7 +61,8 @@ class SSD(nn.Module):
         x = x.astype(self.dtype)
 
         options = {"batch_norm": self.batch_norm, "dtype": self.dtype, "gradients": self.gradients}
-        sources = list(BACKBONES[cfg.backbone](cfg, name="backbone", **options)(x, train))
+        network = base_networks.of(cfg.backbone)
+        sources = list(network.build(cfg.backbone, name="backbone", **options)(x, train))
         x = sources[-1]
         layer = functools.partial(conv_act, dtype=self.dtype, norm=self.batch_norm, train=train,
                                   gradients=self.gradients)
@@ -117,7 +102,8 @@ def _uniform(rng, size: int):
 
 
 def init(rng: jax.Array, config: SSDConfig) -> dict:
-    """Fresh parameters for ``config``: Xavier-uniform kernels, zero biases, L2Norm scale.
+    """Fresh parameters for ``config``: Xavier-uniform kernels, zero biases, unit gains, and
+    L2Norm scales at the base network's ``l2norm_scale`` where its settings have one (else 20).
 
     Draws the same distributions as the modules' initialisers (``SSD(config).init`` gives
     them too), but from one uniform stream for all kernels: the per-layer random-number code
@@ -136,7 +122,7 @@ def init(rng: jax.Array, config: SSDConfig) -> dict:
         if name == "gain":
             return jnp.ones(leaf.shape, jnp.float32)
         if name == "scale":
-            return jnp.full(leaf.shape, config.l2norm_scale or 20.0, jnp.float32)
+            return jnp.full(leaf.shape, getattr(config.backbone, "l2norm_scale", None) or 20.0, jnp.float32)
         size = int(np.prod(leaf.shape))
         receptive = int(np.prod(leaf.shape[:-2]))  # HWIO
         limit = np.sqrt(6.0 / (receptive * (leaf.shape[-2] + leaf.shape[-1])))
