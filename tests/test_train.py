@@ -16,7 +16,7 @@ import optax
 import pytest
 
 import ssd_jax
-from ssd_jax import configs, train
+from ssd_jax import checkpoint, configs, train
 from ssd_jax.checkpoint import TrainCheckpoints
 from ssd_jax.models import param_shapes
 
@@ -176,7 +176,7 @@ INTERRUPTIBLE = textwrap.dedent("""
     from test_train import tiny_config
     from ssd_jax import train
     try:
-        train.train_and_evaluate(tiny_config(sys.argv[1], num_steps=40, checkpoint_every=1000, batch_norm=True),
+        train.train_and_evaluate(tiny_config(sys.argv[1], num_steps=20, checkpoint_every=1000, batch_norm=True),
                                  sys.argv[2], progress=False)
     except train.TrainingInterrupted as interruption:
         print(interruption, file=sys.stderr)
@@ -200,17 +200,17 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, data_dir):
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]  # interrupted is not success
     saved = TrainCheckpoints(killed / "checkpoints").steps()
-    assert len(saved) == 1 and 3 <= saved[0] < 40  # saved where the signal stopped it
+    assert len(saved) == 1 and 3 <= saved[0] < 20  # saved where the signal stopped it
     assert f"interrupted by SIGTERM at step {saved[0]}" in stderr and "run the same command to resume" in stderr
     assert not (killed / "params").exists()  # the final parameters are written by a finished run only
-    config = tiny_config(data_dir, num_steps=40, checkpoint_every=1000, batch_norm=True)  # the quickstart's
+    config = tiny_config(data_dir, num_steps=20, checkpoint_every=1000, batch_norm=True)  # the quickstart's
     train.train_and_evaluate(config, str(killed), progress=False)
 
     straight = tmp_path / "straight"
     train.train_and_evaluate(config, str(straight), progress=False)
     resumed, meta = train.restore_train_state(str(killed), config)
     expected, _ = train.restore_train_state(str(straight), config)
-    assert meta["step"] == 40 and meta["examples_seen_per_process"] == 160
+    assert meta["step"] == 20 and meta["examples_seen_per_process"] == 80
     assert train.uses_batch_norm(resumed)
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(expected)):  # params, optimizer, statistics
         np.testing.assert_array_equal(a, b)
@@ -293,7 +293,9 @@ def test_train_voc_script_on_shapes_with_evaluation(tmp_path, data_dir):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("voc07_mAP" in r for r in records) and records[-1]["step"] == 4
     assert (tmp_path / "class_ap.png").exists() and (tmp_path / "training_curve.png").exists()
-    assert (tmp_path / "detections.png").exists()
+    assert (tmp_path / "detections.png").exists() and "detections.png" in out.stdout.splitlines()[-1]
+    assert checkpoint.load_metadata(tmp_path / "params")["class_names"] == ["circle", "square", "triangle", "star",
+                                                                             "hexagon"]
 
 
 def test_missing_accelerator_is_reported():

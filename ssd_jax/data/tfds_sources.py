@@ -129,7 +129,7 @@ def _builder(name: str, data_dir: str | None, *, generated: bool):
     import tensorflow_datasets as tfds
 
     if generated:
-        from ssd_jax.data import shapes  # noqa: F401  (registers the builder with TFDS)
+        from ssd_jax.data.shapes import builder  # noqa: F401  (registers the builder with TFDS)
     builder = tfds.builder(name, data_dir=data_dir)
     if generated and not builder.is_prepared():  # in ArrayRecord files: random access for the global order
         logging.info("generating the %s data set (offline, seconds)", name)
