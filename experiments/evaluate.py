@@ -9,7 +9,8 @@ r"""Evaluates an ssd_jax checkpoint on a data set's evaluation split: VOC and CO
 Prints a per-class table (VOC2007 11-point AP, all-point AP) and the COCO-style metrics, and
 writes metrics.json, class_ap.png and precision_recall.png to --out_dir. The class names are
 those stored with the checkpoint (data on disk is read with them). VOC APs on VOC data use the
-devkit's inclusive pixel IoU (--voc_iou to choose). A model with a class slot per COCO category
+devkit's inclusive pixel IoU (--voc_iou to choose) and py-faster-rcnn's voc_eval.py rules
+(--voc_rules=exact for exact tenths and IoU >= 0.5). A model with a class slot per COCO category
 id (torchvision's 91) is scored on COCO's 80 categories.
 """
 
@@ -22,7 +23,7 @@ from absl import app, flags, logging
 
 from ssd_jax import checkpoint, files
 from ssd_jax.data import sources
-from ssd_jax.evaluation import IOU_CONVENTIONS
+from ssd_jax.evaluation import IOU_CONVENTIONS, VOC_RULES
 from ssd_jax.evaluation import datasets as evaluation
 
 CHECKPOINT = flags.DEFINE_string("checkpoint", None, "ssd_jax parameter checkpoint directory (config.json + params/).")
@@ -40,6 +41,10 @@ VOC_IOU = flags.DEFINE_enum("voc_iou", None, IOU_CONVENTIONS,
                             "IoU of the VOC metrics: the devkit's inclusive pixel ranges (width = xmax - xmin + 1, "
                             "what published VOC numbers use) or continuous corners (no +1). Default: the data "
                             "set's (devkit for VOC data, whose boxes are inclusive pixel ranges, else continuous).")
+
+VOC_RULES_FLAG = flags.DEFINE_enum("voc_rules", "voc_eval", VOC_RULES,
+                                   "Rules of the VOC metrics: py-faster-rcnn's voc_eval.py bit for bit (IoU > 0.5, its "
+                                   "11 thresholds np.arange(0, 1.1, 0.1)), or exact (IoU >= 0.5, the exact tenths).")
 
 
 def load_checkpoint(path: str):
@@ -88,10 +93,12 @@ def main(argv):
         sys.exit(f"error: cannot write the results to {out_dir} ({error}); pass a writable --out_dir")
     try:
         metrics, evaluator, detections, truths = evaluation.evaluate_split(
-            params, config, source, batch_size=BATCH_SIZE.value, iou_convention=VOC_IOU.value, progress=True)
+            params, config, source, batch_size=BATCH_SIZE.value, iou_convention=VOC_IOU.value,
+            voc_rules=VOC_RULES_FLAG.value, progress=True)
     except (sources.DatasetNotPreparedError, ValueError) as error:
         sys.exit(f"error: {error}")
-    print(f"\n{config.name} on {source.name} ({len(truths)} images; VOC IoU: {evaluator.iou_convention})\n")
+    print(f"\n{config.name} on {source.name} ({len(truths)} images; VOC IoU: {evaluator.iou_convention}, "
+          f"rules: {evaluator.voc_rules})\n")
     print(evaluation.format_table(metrics, evaluator.class_names))
     try:
         evaluation.write_report(out_dir, metrics, evaluator, detections, truths,

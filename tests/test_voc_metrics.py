@@ -5,6 +5,12 @@ import pytest
 
 from ssd_jax.evaluation import ImageDetections, ImageGroundTruth, evaluate_voc, precision_recall_curves, voc_ap
 
+
+# The VOC2007 AP adds 11 precisions one by one, as voc_eval.py does: a perfect AP is 1.0000000000000002.
+def approx(expected):
+    return pytest.approx(expected, abs=1e-12)
+
+
 # Unit boxes side by side on a line: disjoint, so each detection can only hit the box it copies.
 BOX = [np.array([4.0 * i, 0.0, 4.0 * i + 2.0, 2.0]) for i in range(6)]
 
@@ -28,7 +34,7 @@ def test_perfect_detections_give_ap_one():
     detections = [dets(t.image_id, t.boxes, np.linspace(0.9, 0.5, len(t.labels)), t.labels) for t in ground_truths]
     for use_07_metric in (True, False):
         result = evaluate_voc(detections, ground_truths, 3, use_07_metric=use_07_metric)
-        assert result["ap"] == {1: 1.0, 2: 1.0} and result["mAP"] == 1.0
+        assert result["ap"] == approx({1: 1.0, 2: 1.0}) and result["mAP"] == approx(1.0)
 
 
 def test_no_detections_give_ap_zero():
@@ -64,18 +70,24 @@ def test_voc_ap_directly():
     recall, precision = [0.25, 0.25, 0.5, 0.5, 0.75], [1, 0.5, 2 / 3, 0.5, 0.6]
     assert voc_ap(recall, precision, use_07_metric=True) == pytest.approx(31 / 55, abs=1e-12)
     assert voc_ap(recall, precision, use_07_metric=False) == pytest.approx(17 / 30, abs=1e-12)
-    # The thresholds are exact tenths: recall 0.3 = 3/10 reaches t = 0.3 (t = 0, .1, .2, .3 -> 4/11).
-    assert voc_ap([3 / 10], [1.0], use_07_metric=True) == pytest.approx(4 / 11, abs=1e-12)
+    # Recall 0.3 = 3/10: the exact tenths reach t = 0.3 (t = 0, .1, .2, .3 -> 4/11); voc_eval.py's
+    # np.arange(0, 1.1, 0.1) has 0.30000000000000004 there, which 0.3 misses (3/11).
+    assert voc_ap([3 / 10], [1.0], use_07_metric=True, rules="exact") == pytest.approx(4 / 11, abs=1e-12)
+    assert voc_ap([3 / 10], [1.0], use_07_metric=True) == pytest.approx(3 / 11, abs=1e-12)
+    with pytest.raises(ValueError, match="rules must be one of"):
+        voc_ap([3 / 10], [1.0], use_07_metric=True, rules="devkit")
     assert voc_ap([], [], use_07_metric=True) == 0.0 and voc_ap([], [], use_07_metric=False) == 0.0
 
 
-def test_iou_of_exactly_the_threshold_matches():
+def test_an_iou_of_exactly_the_threshold_matches_under_the_exact_rules_only():
     # Continuous IoUs (no "+1"); tests/test_evaluation_trust.py has the devkit's.
     ground_truths = [truth(0, [[0.0, 0.0, 2.0, 1.0]], [1])]
     half = [dets(0, [[0.0, 0.0, 1.0, 1.0]], [0.9], [1])]  # IoU = 1 / 2
-    assert both_aps(half, ground_truths, iou_convention="continuous") == (1.0, 1.0)
+    # VOCevaldet.m's >= matches, voc_eval.py's > does not.
+    assert both_aps(half, ground_truths, iou_convention="continuous", rules="exact") == approx((1.0, 1.0))
+    assert both_aps(half, ground_truths, iou_convention="continuous") == (0.0, 0.0)
     less = [dets(0, [[0.0, 0.0, 0.99, 1.0]], [0.9], [1])]  # IoU = 0.495
-    assert both_aps(less, ground_truths, iou_convention="continuous") == (0.0, 0.0)
+    assert both_aps(less, ground_truths, iou_convention="continuous", rules="exact") == (0.0, 0.0)
 
 
 def test_difficult_objects_are_neither_rewarded_nor_punished():
@@ -84,8 +96,8 @@ def test_difficult_objects_are_neither_rewarded_nor_punished():
     on_ordinary = dets(0, [BOX[0]], [0.5], [1])
     # The best detection hits only the difficult object: ignored, so precision stays 1 at rank 1.
     with_difficult_hit = dets(0, [BOX[1], BOX[0]], [0.9, 0.5], [1, 1])
-    assert both_aps([on_ordinary], ground_truths) == (1.0, 1.0)  # the missed difficult one costs nothing
-    assert both_aps([with_difficult_hit], ground_truths) == (1.0, 1.0)
+    assert both_aps([on_ordinary], ground_truths) == approx((1.0, 1.0))  # the missed difficult one costs nothing
+    assert both_aps([with_difficult_hit], ground_truths) == approx((1.0, 1.0))
     curve = precision_recall_curves([with_difficult_hit], ground_truths, 2)[1]
     assert curve.num_positives == 1  # the difficult object is not in the recall denominator
     np.testing.assert_array_equal(curve.scores, [0.5])  # the ignored detection is not ranked
@@ -94,14 +106,14 @@ def test_difficult_objects_are_neither_rewarded_nor_punished():
     # detection on BOX[1] is then a true positive.
     both = [truth(0, [BOX[0], BOX[1]], [1, 1], difficult=[False, False])]
     assert both_aps([on_ordinary], both) == pytest.approx((6 / 11, 0.5), abs=1e-12)
-    assert both_aps([with_difficult_hit], both) == (1.0, 1.0)
+    assert both_aps([with_difficult_hit], both) == approx((1.0, 1.0))
 
 
 def test_difficult_only_class_is_left_out_of_the_map():
     ground_truths = [truth(0, [BOX[0], BOX[1]], [1, 2], difficult=[False, True])]
     result = evaluate_voc([dets(0, [BOX[0]], [0.9], [1])], ground_truths, 3)
     assert result["num_positives"] == {1: 1, 2: 0}
-    assert np.isnan(result["ap"][2]) and result["mAP"] == 1.0
+    assert np.isnan(result["ap"][2]) and result["mAP"] == approx(1.0)
 
 
 def test_duplicates_are_false_positives():
@@ -131,7 +143,7 @@ def test_detections_on_images_without_objects_are_false_positives():
     # AP07: every t is reached at recall 1, best precision 1/2 -> 1/2; AP = 1 * 1/2.
     ground_truths = [truth(0, [BOX[0]], [1]), truth(1, np.zeros((0, 4)), [])]
     detections = [dets(0, [BOX[0]], [0.5], [1]), dets(1, [BOX[0]], [0.9], [1])]
-    assert both_aps(detections, ground_truths) == (0.5, 0.5)
+    assert both_aps(detections, ground_truths) == approx((0.5, 0.5))
 
 
 def test_other_classes_and_images_do_not_interfere():
@@ -148,21 +160,23 @@ def test_class_without_objects_is_excluded_from_the_map():
     ground_truths = [truth(0, [BOX[0]], [1])]
     detections = [dets(0, [BOX[0], BOX[3]], [0.9, 0.8], [1, 2])]  # class 2: a detection, no object
     result = evaluate_voc(detections, ground_truths, 3)
-    assert result["ap"][1] == 1.0 and np.isnan(result["ap"][2])
-    assert result["mAP"] == 1.0  # not (1 + 0) / 2
+    assert result["ap"][1] == approx(1.0) and np.isnan(result["ap"][2])
+    assert result["mAP"] == approx(1.0)  # not (1 + 0) / 2
     assert np.isnan(evaluate_voc([], [truth(0, np.zeros((0, 4)), [])], 3)["mAP"])
 
 
 def test_records_may_be_dicts_and_unknown_images_are_rejected():
     ground_truths = [dict(image_id=7, boxes=[BOX[0]], labels=[1])]
-    assert evaluate_voc([dict(image_id=7, boxes=[BOX[0]], scores=[0.9], classes=[1])], ground_truths, 2)["mAP"] == 1
+    records = [dict(image_id=7, boxes=[BOX[0]], scores=[0.9], classes=[1])]
+    assert evaluate_voc(records, ground_truths, 2)["mAP"] == approx(1.0)
     with pytest.raises(ValueError, match="image 8"):
         evaluate_voc([dets(8, [BOX[0]], [0.9], [1])], ground_truths, 2)
 
 
 def voc_eval_reference(detections, ground_truths, label, use_07_metric):
-    """py-faster-rcnn's voc_eval for one class, transcribed loop for loop (with IoU >= 0.5, no +1: the
-    continuous convention; tests/test_evaluation_trust.py restates the devkit's "+1")."""
+    """py-faster-rcnn's voc_eval for one class, transcribed loop for loop, with the "exact" rules (IoU
+    >= 0.5, exact tenths, a stable sort) and no +1 (the continuous convention);
+    tests/test_evaluation_trust.py restates voc_eval.py itself, with the devkit's "+1")."""
     records = {t.image_id: dict(bbox=t.boxes[t.labels == label], difficult=t.difficult[t.labels == label],
                                 det=[False] * int(np.sum(t.labels == label))) for t in ground_truths}
     npos = sum(int(np.sum(~r["difficult"])) for r in records.values())
@@ -220,7 +234,7 @@ def test_random_scenes_agree_with_a_loop_transcription_of_voc_eval(seed):
         detections.append(dets(image_id, boxes, scores, rng.integers(1, 3, len(boxes))))
     for use_07_metric in (True, False):
         ours = evaluate_voc(detections, ground_truths, 3, use_07_metric=use_07_metric,
-                            iou_convention="continuous")["ap"]
+                            iou_convention="continuous", rules="exact")["ap"]
         for label in (1, 2):
             expected = voc_eval_reference(detections, ground_truths, label, use_07_metric)
             assert ours[label] == pytest.approx(expected, abs=1e-12, nan_ok=True)

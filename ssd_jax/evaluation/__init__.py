@@ -14,6 +14,7 @@ from ssd_jax.evaluation.evaluator import Evaluator
 from ssd_jax.evaluation.plots import plot_class_ap, plot_precision_recall
 from ssd_jax.evaluation.voc import (
     IOU_CONVENTIONS,
+    VOC_RULES,
     ImageDetections,
     ImageGroundTruth,
     PrecisionRecall,
@@ -30,6 +31,7 @@ __all__ = [
     "COCO_METRIC_NAMES",
     "Evaluator",
     "IOU_CONVENTIONS",
+    "VOC_RULES",
     "ImageDetections",
     "ImageGroundTruth",
     "PrecisionRecall",

@@ -42,11 +42,11 @@ def class_map_for(model_config: SSDConfig, source: sources.Source) -> np.ndarray
 
 
 def evaluator_for(model_config: SSDConfig, source: sources.Source, *, batch_size: int,
-                  iou_convention: str | None = None, options=None) -> Evaluator:
+                  iou_convention: str | None = None, options=None, voc_rules: str = "voc_eval") -> Evaluator:
     """An ``Evaluator`` with the data set's class names, category ids and VOC IoU convention."""
     return Evaluator(model_config, batch_size=batch_size, class_names=source.class_names,
                      coco_category_ids=source.category_ids, iou_convention=iou_convention or source.voc_iou,
-                     class_map=class_map_for(model_config, source), options=options)
+                     class_map=class_map_for(model_config, source), options=options, voc_rules=voc_rules)
 
 
 def evaluation_batches(source: sources.Source, *, image_size: int, batch_size: int
@@ -75,7 +75,7 @@ def claim_report(out_dir: str, *, overwrite: bool) -> None:
 
 
 def evaluate_split(params, model_config: SSDConfig, source: sources.Source, *, batch_size: int,
-                   iou_convention: str | None = None, progress: bool = False):
+                   iou_convention: str | None = None, voc_rules: str = "voc_eval", progress: bool = False):
     """Detects on the whole evaluation split -> (metrics, evaluator, detections, ground truths).
 
     ``params``: host (numpy) parameters. With several processes, each detects on its share of the
@@ -85,7 +85,8 @@ def evaluate_split(params, model_config: SSDConfig, source: sources.Source, *, b
     """
     import jax
 
-    evaluator = evaluator_for(model_config, source, batch_size=batch_size, iou_convention=iou_convention)
+    evaluator = evaluator_for(model_config, source, batch_size=batch_size, iou_convention=iou_convention,
+                              voc_rules=voc_rules)
     examples = source.examples("eval", process_index=jax.process_index(), process_count=jax.process_count())
     batches = pipeline.as_numpy(pipeline.eval_dataset(examples, batch_size=batch_size,
                                                       image_size=model_config.image_size))

@@ -12,6 +12,7 @@ from ssd_jax.detect import DetectOptions, detect
 from ssd_jax.evaluation.coco import evaluate_coco
 from ssd_jax.evaluation.voc import (
     IOU_CONVENTIONS,
+    VOC_RULES,
     ImageDetections,
     ImageGroundTruth,
     PrecisionRecall,
@@ -113,6 +114,7 @@ class Evaluator:
         coco_category_ids: Sequence[int] | None = None,
         iou_convention: str = "devkit",
         class_map: Sequence[int] | None = None,
+        voc_rules: str = "voc_eval",
     ):
         """
         Args:
@@ -128,11 +130,15 @@ class Evaluator:
           class_map: [C] int, class_map[k] is the evaluated class (1..K) of the model's class k; 0
             drops the model's class (e.g. ``coco_category_ids_to_classes(np.arange(91))`` for a
             91-slot COCO model). Default: the model's classes are the evaluated ones.
+          voc_rules: the VOC metrics' rules, "voc_eval" (py-faster-rcnn's ``voc_eval.py`` bit for
+            bit) or "exact" (``ssd_jax.evaluation.voc``).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if iou_convention not in IOU_CONVENTIONS:
             raise ValueError(f"iou_convention must be one of {IOU_CONVENTIONS}, got {iou_convention!r}")
+        if voc_rules not in VOC_RULES:
+            raise ValueError(f"voc_rules must be one of {VOC_RULES}, got {voc_rules!r}")
         if class_map is not None:
             class_map = np.asarray(class_map, np.int64)
             if class_map.shape != (config.num_classes,):
@@ -155,6 +161,7 @@ class Evaluator:
         self.coco_category_ids = (tuple(coco_category_ids) if coco_category_ids is not None
                                   else tuple(range(1, self.num_classes)))
         self.iou_convention = iou_convention
+        self.voc_rules = voc_rules
         self.class_map = class_map
         self.options = options or DetectOptions()
 
@@ -198,7 +205,7 @@ class Evaluator:
         """VOC precision-recall curves (IoU 0.5) -> {class name: ``PrecisionRecall``}."""
         _require_images(ground_truths)
         curves = precision_recall_curves(detections, ground_truths, self.num_classes,
-                                         iou_convention=self.iou_convention)
+                                         iou_convention=self.iou_convention, rules=self.voc_rules)
         return {self.class_names[k - 1]: curve for k, curve in curves.items()}
 
     def metrics(self, detections, ground_truths) -> dict[str, float]:
@@ -206,7 +213,7 @@ class Evaluator:
         curves = self.curves(detections, ground_truths)
         results = {}
         for key, per_class_key, use_07_metric in (("voc07_mAP", "AP07", True), ("voc_mAP", "AP", False)):
-            per_class_ap = average_precisions(curves, use_07_metric=use_07_metric)
+            per_class_ap = average_precisions(curves, use_07_metric=use_07_metric, rules=self.voc_rules)
             results[key] = mean_ap(per_class_ap)
             results.update({f"{per_class_key}/{name}": ap for name, ap in per_class_ap.items()})
         coco = evaluate_coco(detections, ground_truths, category_ids=self.coco_category_ids)

@@ -1,14 +1,14 @@
 """PASCAL VOC detection metrics: per-class average precision and mAP, as the VOC devkit computes them.
 
 The rules are those of the official VOC devkit (``VOCevaldet.m``) and py-faster-rcnn's
-``voc_eval.py``, per class:
+``voc_eval.py`` (the script behind the VOC figures of most SSD and Faster R-CNN ports), per class:
 
-* detections of all images are ranked by descending score (ties keep their input order);
+* detections of all images are ranked by descending score;
 * each detection is compared with the ground-truth boxes of its class in its image and takes the
   one with the highest IoU, matched or not;
-* IoU >= ``iou_threshold`` (0.5) and that box is ``difficult``: the detection is ignored, neither
-  a true nor a false positive;
-* IoU >= ``iou_threshold`` and that box is not yet matched: a true positive, the box is matched;
+* IoU above ``iou_threshold`` (0.5) and that box is ``difficult``: the detection is ignored,
+  neither a true nor a false positive;
+* IoU above ``iou_threshold`` and that box is not yet matched: a true positive, the box is matched;
 * otherwise (box already matched: a duplicate; IoU too low; no box): a false positive;
 * recall is divided by the number of non-difficult ground-truth boxes of the class.
 
@@ -18,21 +18,31 @@ IoU conventions (``iou_convention``):
   py-faster-rcnn's ``voc_eval.py``: width = xmax - xmin + 1, height likewise, and the
   intersection's width is min(xmax) - max(xmin) + 1, clipped at 0. This is the convention of VOC
   pixel boxes (the annotation files' corners, TFDS ``voc`` times the image size) and the one the
-  published VOC numbers use. On such data the continuous IoU moves mAP in the second decimal
-  (0.564 devkit against 0.538 continuous on the VOC-like data of tests/test_evaluation_trust.py),
-  the more so the smaller the boxes.
+  published VOC numbers use. On such data the continuous IoU moves mAP by about a point (VOC07
+  mAP 0.490 devkit against 0.481 continuous on the VOC-like data of
+  tests/test_evaluation_trust.py), the more so the smaller the boxes.
 * ``"continuous"``: boxes are continuous corners, width = xmax - xmin, no "+1". Use it for
   normalised boxes (the "+1" would be a whole image wide there) and for continuous pixel corners.
   The devkit convention refuses ground truth whose coordinates all lie in [0, 1], which is what
   normalised boxes look like.
 
-Differences from the devkit, on purpose:
+Rules (``rules``), where the references part:
 
-* A detection matches at IoU >= ``iou_threshold``, as ``VOCevaldet.m``; py-faster-rcnn's
-  ``voc_eval.py`` needs IoU > 0.5. They differ only at an IoU of exactly 0.5.
-* The 11 recall thresholds of the VOC2007 metric are the exact tenths k / 10; py-faster-rcnn's
-  ``np.arange(0, 1.1, 0.1)`` has 0.30000000000000004 and friends, so a recall of exactly 0.3
-  reaches the threshold 0.3 here and misses it there.
+* ``"voc_eval"`` (the default): py-faster-rcnn's ``voc_eval.py``, bit for bit (the test is
+  tests/test_evaluation_trust.py). A detection matches at IoU > ``iou_threshold``; the VOC2007
+  metric's 11 recall thresholds are ``np.arange(0.0, 1.1, 0.1)``, whose 0.3, 0.6 and 0.7 lie a
+  hair above the tenth (a recall of exactly 0.3, which a class with a multiple of 10 positives
+  reaches, misses the threshold 0.3), and the 11 precisions are added one by one; each class's
+  detections are ranked with numpy's default ``argsort`` of the negated scores in input order
+  (image by image, as its per-class detection files list them), so equal scores fall as they do
+  there.
+* ``"exact"``: the same metric with its plain meaning: IoU >= ``iou_threshold`` (as
+  ``VOCevaldet.m``), the exact tenths k / 10 as thresholds, equal scores ranked in input order.
+  It differs from ``"voc_eval"`` at an IoU of exactly 0.5, at recalls of exactly 0.3, 0.6 or
+  0.7, and between detections of equal score.
+
+Differences from both, on purpose:
+
 * mAP averages the classes that have at least one non-difficult ground-truth box; the AP of a
   class without one is undefined (NaN), where py-faster-rcnn divides by zero.
 * Box areas are clipped at 0 (an inverted box has area 0, not a negative one).
@@ -145,21 +155,34 @@ def as_ground_truth(record) -> ImageGroundTruth:
 # Average precision
 
 
-def voc_ap(recall, precision, *, use_07_metric: bool) -> float:
+VOC_RULES = ("voc_eval", "exact")  # see the module docstring
+
+
+def _check_rules(rules: str) -> None:
+    if rules not in VOC_RULES:
+        raise ValueError(f"rules must be one of {VOC_RULES}, got {rules!r}")
+
+
+def voc_ap(recall, precision, *, use_07_metric: bool, rules: str = "voc_eval") -> float:
     """Average precision of one class from its cumulative recall and precision [n] (rank order).
 
-    use_07_metric=True: VOC2007's 11-point metric, the mean over t = 0, 0.1, ..., 1 of the best
-    precision at recall >= t (0 where recall never reaches t).
+    use_07_metric=True: VOC2007's 11-point metric, the mean over 11 thresholds t = 0, 0.1, ..., 1
+    of the best precision at recall >= t (0 where recall never reaches t); ``rules`` "voc_eval"
+    takes ``voc_eval.py``'s thresholds, "exact" the exact tenths (module docstring).
     use_07_metric=False: VOC2010+'s area under the precision envelope, the envelope at recall r
-    being the best precision at recall >= r.
+    being the best precision at recall >= r (the same under both rules).
     """
+    _check_rules(rules)
     recall = np.asarray(recall, np.float64)
     precision = np.asarray(precision, np.float64)
     if use_07_metric:
-        thresholds = np.arange(11) / 10.0  # exact tenths, see the module docstring
+        thresholds = np.arange(0.0, 1.1, 0.1) if rules == "voc_eval" else np.arange(11) / 10.0
         reached = recall[None, :] >= thresholds[:, None]  # [11, n]
         best = np.max(np.where(reached, precision[None, :], 0.0), axis=1, initial=0.0)
-        return float(np.mean(best))
+        ap = 0.0
+        for p in best:  # one by one, as voc_eval.py adds them: the rounding is part of the figure
+            ap = ap + p / 11.0
+        return float(ap)
     # Sentinels: recall runs from 0 to 1, precision falls to 0 past the last detection.
     mrec = np.concatenate([[0.0], recall, [1.0]])
     mpre = np.concatenate([[0.0], precision, [0.0]])
@@ -224,11 +247,12 @@ def _check_devkit_boxes(ground_truths: Sequence[ImageGroundTruth], iou_conventio
 
 
 def best_ground_truth(detections: ImageDetections, truth: ImageGroundTruth, iou_threshold: float, *,
-                      iou_convention: str) -> np.ndarray:
+                      iou_convention: str, rules: str = "voc_eval") -> np.ndarray:
     """Index of each detection's best-overlapping ground-truth box of its class -> [n] int.
 
-    -1 where no box of the class overlaps with IoU >= ``iou_threshold``. Whether that box is
-    already matched does not matter (the devkit's rule): a duplicate stays a duplicate.
+    -1 where no box of the class overlaps with IoU above ``iou_threshold`` (rules "voc_eval": >,
+    "exact": >=). Whether that box is already matched does not matter (the devkit's rule): a
+    duplicate stays a duplicate.
     """
     n = len(detections.scores)
     if n == 0 or len(truth.labels) == 0:
@@ -236,7 +260,8 @@ def best_ground_truth(detections: ImageDetections, truth: ImageGroundTruth, iou_
     iou = pairwise_iou(detections.boxes, truth.boxes, iou_convention=iou_convention)
     iou = np.where(detections.classes[:, None] == truth.labels[None, :], iou, -1.0)
     best = np.argmax(iou, axis=1)  # the first of equals, like the devkit's max
-    return np.where(iou[np.arange(n), best] >= iou_threshold, best, -1)
+    best_iou = iou[np.arange(n), best]
+    return np.where(best_iou > iou_threshold if rules == "voc_eval" else best_iou >= iou_threshold, best, -1)
 
 
 def _index_ground_truths(ground_truths: Sequence[ImageGroundTruth]) -> dict[int, int]:
@@ -255,13 +280,16 @@ def precision_recall_curves(
     *,
     iou_threshold: float = 0.5,
     iou_convention: str = "devkit",
+    rules: str = "voc_eval",
 ) -> dict[int, PrecisionRecall]:
     """Matches detections to ground truth the VOC way -> {class 1..C-1: ``PrecisionRecall``}.
 
     Every image must have a ground-truth record, empty if it has no objects (its detections are
     then false positives); images without detections need no detection record.
-    iou_convention: "devkit" for pixel boxes, "continuous" for normalised ones (module docstring).
+    iou_convention: "devkit" for pixel boxes, "continuous" for normalised ones; rules:
+    "voc_eval" or "exact" (module docstring).
     """
+    _check_rules(rules)
     ground_truths = [as_ground_truth(t) for t in ground_truths]
     detections = [as_detections(d) for d in detections]
     position = _index_ground_truths(ground_truths)
@@ -278,28 +306,29 @@ def precision_recall_curves(
         if dets.image_id not in position:
             raise ValueError(f"detections for image {dets.image_id}, which has no ground-truth record")
         image = position[dets.image_id]
-        best = best_ground_truth(dets, ground_truths[image], iou_threshold, iou_convention=iou_convention)
+        best = best_ground_truth(dets, ground_truths[image], iou_threshold, iou_convention=iou_convention,
+                                 rules=rules)
         matched_gt.append(np.where(best >= 0, best + offsets[image], -1))
         scores.append(dets.scores)
         classes.append(dets.classes)
     matched_gt, scores, classes = (np.concatenate(x) for x in (matched_gt, scores, classes))
 
-    # Rank all detections at once: a box can only be hit by detections of its own class, so the
-    # first hit of each box in the global ranking is the first in its class's ranking too.
-    order = np.argsort(-scores, kind="stable")
     hit = matched_gt >= 0
     # Index -1 (no match) reads the appended False: no index is out of range, even with no boxes at all.
     ignored = hit & np.append(gt_difficult, False)[matched_gt]
-    candidates = order[(hit & ~ignored)[order]]  # rank order
-    _, first = np.unique(matched_gt[candidates], return_index=True)
-    true_positive = np.zeros(len(scores), bool)
-    true_positive[candidates[first]] = True
+    sort_kind = "quicksort" if rules == "voc_eval" else "stable"  # numpy's default, as voc_eval.py sorts
 
     curves = {}
     for label in range(1, num_classes):
-        ranked = order[(classes[order] == label) & ~ignored[order]]
-        tp = np.cumsum(true_positive[ranked])
-        fp = np.cumsum(~true_positive[ranked])
+        members = np.flatnonzero(classes == label)
+        # Ranked with the ignored ones still in, as voc_eval.py does: the unstable sort's ties depend on them.
+        ranked = members[np.argsort(-scores[members], kind=sort_kind)]
+        ranked = ranked[~ignored[ranked]]
+        hits = ranked[hit[ranked]]
+        _, first = np.unique(matched_gt[hits], return_index=True)  # each box's first hit in rank order
+        true_positive = np.isin(ranked, hits[first])
+        tp = np.cumsum(true_positive)
+        fp = np.cumsum(~true_positive)
         num_positives = int(np.sum((gt_labels == label) & ~gt_difficult))
         curves[label] = PrecisionRecall(
             recall=tp / max(num_positives, 1),
@@ -310,10 +339,11 @@ def precision_recall_curves(
     return curves
 
 
-def average_precisions(curves: Mapping[int, PrecisionRecall], *, use_07_metric: bool) -> dict[int, float]:
+def average_precisions(curves: Mapping[int, PrecisionRecall], *, use_07_metric: bool,
+                       rules: str = "voc_eval") -> dict[int, float]:
     """{class: ``PrecisionRecall``} -> {class: AP}; NaN for classes without positives."""
-    return {label: voc_ap(c.recall, c.precision, use_07_metric=use_07_metric) if c.num_positives else float("nan")
-            for label, c in curves.items()}
+    return {label: voc_ap(c.recall, c.precision, use_07_metric=use_07_metric, rules=rules) if c.num_positives
+            else float("nan") for label, c in curves.items()}
 
 
 def mean_ap(per_class_ap: Mapping[int, float]) -> float:
@@ -330,6 +360,7 @@ def evaluate_voc(
     iou_threshold: float = 0.5,
     use_07_metric: bool = True,
     iou_convention: str = "devkit",
+    rules: str = "voc_eval",
 ) -> dict:
     """VOC detection metrics.
 
@@ -341,13 +372,15 @@ def evaluate_voc(
       use_07_metric: VOC2007's 11-point AP if True, else VOC2010+'s all-point AP.
       iou_convention: "devkit" (default): the devkit's inclusive pixel ranges, for pixel boxes;
         "continuous": no "+1", for normalised boxes (see the module docstring).
+      rules: "voc_eval" (default): py-faster-rcnn's ``voc_eval.py`` bit for bit; "exact": exact
+        tenths, IoU >= threshold, stable ranking (see the module docstring).
     Returns:
       {'mAP': float, 'ap': {class: AP or NaN}, 'recall': {class: [n]}, 'precision': {class: [n]},
        'num_positives': {class: int}}; the mAP averages the classes with a non-difficult box.
     """
     curves = precision_recall_curves(detections, ground_truths, num_classes, iou_threshold=iou_threshold,
-                                     iou_convention=iou_convention)
-    per_class_ap = average_precisions(curves, use_07_metric=use_07_metric)
+                                     iou_convention=iou_convention, rules=rules)
+    per_class_ap = average_precisions(curves, use_07_metric=use_07_metric, rules=rules)
     return {
         "mAP": mean_ap(per_class_ap),
         "ap": per_class_ap,
