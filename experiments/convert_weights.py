@@ -1,5 +1,5 @@
-r"""Converts published SSD weights (torchvision, amdegroot, Caffe) or ImageNet backbones into an
-ssd_jax parameter checkpoint.
+r"""Converts published SSD weights (torchvision, amdegroot, NVIDIA, Caffe) or ImageNet backbones
+into an ssd_jax parameter checkpoint.
 
 Examples:
   # torchvision's COCO model (ssd300_vgg16_coco-b556d3b4.pth), 91 classes:
@@ -8,6 +8,10 @@ Examples:
   # an amdegroot-style VOC checkpoint (ssd300_mAP_77.43_v2.pth), BGR -> RGB:
   python experiments/convert_weights.py --format=amdegroot --input=ssd300_mAP_77.43_v2.pth \
       --output=checkpoints/ssd300_voc
+  # NVIDIA DeepLearningExamples' SSD300 on ResNet-50 (a main.py checkpoint, or torch hub's
+  # nvidia_ssd weights), 81 COCO classes, BatchNorms folded:
+  python experiments/convert_weights.py --format=nvidia --input=nvidia_ssdpyt_amp_200703.pt \
+      --output=checkpoints/ssd300_resnet50_coco
   # torchvision's SSDLite (ssdlite320_mobilenet_v3_large_coco-a79551df.pth), BatchNorms folded:
   python experiments/convert_weights.py --format=torchvision \
       --input=ssdlite320_mobilenet_v3_large_coco-a79551df.pth --output=checkpoints/ssdlite320_coco
@@ -51,9 +55,9 @@ CLASS_NAMES = flags.DEFINE_list("class_names", None, "Names of classes 1..C-1, s
                                 "(default: COCO's or VOC's when the class count is theirs).")
 INPUT = flags.DEFINE_string("input", None, "Weight file: .pth, .pt, .npz or .safetensors (Caffe: .caffemodel).")
 OUTPUT = flags.DEFINE_string("output", None, "Directory to write the ssd_jax checkpoint to.")
-CONFIG = flags.DEFINE_string("config", None, "Preset to convert into (default: inferred from the layers: "
-                             "ssd300_torchvision or ssdlite320_mobilenet_v3_large for torchvision, ssd300 "
-                             "for amdegroot).")
+CONFIG = flags.DEFINE_string("config", None, "Preset to convert into (default: the layout's own: "
+                             "ssd300_torchvision or ssdlite320_mobilenet_v3_large for torchvision, ssd300 with "
+                             "amdegroot's clamped priors and Detect for amdegroot, ssd300_resnet50 for nvidia).")
 BGR = flags.DEFINE_bool("bgr", False, "vgg16 only: the weights were trained on BGR input (Caffe).")
 TORCHVISION_NORM = flags.DEFINE_bool(
     "torchvision_normalization", False,
@@ -112,17 +116,11 @@ def main(argv):
     if FORMAT.value in IMAGENET_FORMATS:
         convert_imagenet(FORMAT.value, state_dict)
         return
-    if FORMAT.value == "torchvision":
-        config = weights.torchvision_config(state_dict)
-        if CONFIG.value:
-            config = configs.get(CONFIG.value, num_classes=config.num_classes)
-        params = weights.from_torchvision(state_dict, config)
-    else:
-        config = weights.amdegroot_config(state_dict)
-        if CONFIG.value:
-            config = configs.get(CONFIG.value, num_classes=config.num_classes)
-        params = weights.from_amdegroot(state_dict, config)
-    save_ssd(params, config)
+    importer, config_of = weights.STATE_DICT_IMPORTS[FORMAT.value]
+    config = config_of(state_dict)
+    if CONFIG.value:
+        config = configs.get(CONFIG.value, num_classes=config.num_classes)
+    save_ssd(importer(state_dict, config), config)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 CHECKPOINT = flags.DEFINE_string("checkpoint", None, "ssd_jax parameter checkpoint (e.g. WORKDIR/params).")
 WEIGHTS = flags.DEFINE_string("weights", None, "Or a published weight file (.pth/.npz/.safetensors, or a Caffe "
                               ".caffemodel with --format=caffe).")
-FORMAT = flags.DEFINE_enum("format", "torchvision", ["torchvision", "amdegroot", "caffe"], "Layout of --weights.")
+FORMAT = flags.DEFINE_enum("format", "torchvision", ["torchvision", "amdegroot", "nvidia", "caffe"],
+                           "Layout of --weights.")
 PROTOTXT = flags.DEFINE_string("prototxt", None, "--format=caffe: the deploy prototxt of the caffemodel.")
 MEAN_BGR = flags.DEFINE_list("mean_bgr", None, "--format=caffe: the BGR mean the model was trained with (default: "
                              "the prototxt's transform_param, else 104,117,123).")

@@ -26,7 +26,7 @@ from absl import app, flags, logging
 FORMATS = ("stablehlo", "savedmodel", "tflite", "onnx")
 CHECKPOINT = flags.DEFINE_string("checkpoint", None, "ssd_jax parameter checkpoint (e.g. WORKDIR/params).")
 WEIGHTS = flags.DEFINE_string("weights", None, "Or a published weight file (.pth/.npz/.safetensors).")
-WEIGHTS_FORMAT = flags.DEFINE_enum("weights_format", "torchvision", ["torchvision", "amdegroot", "caffe"],
+WEIGHTS_FORMAT = flags.DEFINE_enum("weights_format", "torchvision", ["torchvision", "amdegroot", "nvidia", "caffe"],
                                    "Layout of --weights (caffe: a .caffemodel, with --prototxt).")
 PROTOTXT = flags.DEFINE_string("prototxt", None, "--weights_format=caffe: the deploy prototxt of the caffemodel.")
 FORMAT = flags.DEFINE_enum("format", None, FORMATS, "The artifact to write.")

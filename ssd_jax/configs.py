@@ -325,8 +325,10 @@ def ssd300_resnet50(num_classes: int = 81) -> SSDConfig:
     the one backbone source is 1024 x 38 x 38; five extra blocks (1x1 to 256, 256, 128, 128, 128
     channels, then 3x3 to 512, 512, 256, 256, 256: three at stride 2 / pad 1, two at stride 1 /
     pad 0): maps 19, 10, 5, 3, 1. Default boxes: their ``dboxes300_coco`` (the COCO sizes 21 ...
-    315, steps 8 ... 300, ratios 2 / 2,3, w/h clamped to 1). Input: torchvision's ImageNet mean
-    and std. No L2Norm. The facts it follows are listed in the README (presets).
+    315, steps 8 ... 300, ratios 2 / 2,3, all four of (cx, cy, w, h) clamped to [0, 1]). Input:
+    torchvision's ImageNet mean and std. No L2Norm. Detections as their ``Encoder.decode_batch``
+    gives them: not clipped to the image; per class the scores above 0.05, the best 200, NMS at
+    0.45; the best 200 overall. ``weights.from_nvidia`` imports their checkpoints.
     """
     return _ssd300(
         "ssd300_resnet50",
@@ -340,9 +342,12 @@ def ssd300_resnet50(num_classes: int = 81) -> SSDConfig:
             ExtraLayer(128, 256, kernel=3, stride=1, padding=0),
             ExtraLayer(128, 256, kernel=3, stride=1, padding=0),
         ),
-        prior_clip="wh",
+        prior_clip="all",
+        clip_boxes=False,
         mean_rgb=TORCHVISION_IMAGENET_MEAN_RGB,
         std_rgb=TORCHVISION_IMAGENET_STD_RGB,
+        postprocess=PostprocessOptions(score_threshold=0.05, iou_threshold=0.45, pre_nms_top_k=200,
+                                       max_detections=200),
     )
 
 

@@ -4,6 +4,9 @@
   * torchvision's ``ssd300_vgg16`` and ``ssdlite320_mobilenet_v3_large`` -> ``from_torchvision``
   * amdegroot-style VOC checkpoints (``vgg.*``, ``L2Norm.weight``, ``extras.*``, ``loc.*``,
     ``conf.*``; trained on BGR input)                             -> ``from_amdegroot``
+  * NVIDIA DeepLearningExamples' SSD300 on ResNet-50 (their ``main.py`` checkpoints and torch
+    hub's ``nvidia_ssd``: ``feature_extractor.*``, ``additional_blocks.*``, ``loc.*``,
+    ``conf.*``)                                                   -> ``from_nvidia``
   * Caffe SSD models (deploy prototxt + caffemodel)               -> ``from_caffe`` (``ssd_jax.caffe``)
 
 ``SSD_FORMATS`` lists them for the command lines; ``load_detector`` loads a detector from any of
@@ -16,6 +19,7 @@ Reading weight files and the shared conversions: ``ssd_jax.state_dicts`` (``.pth
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 
@@ -28,9 +32,10 @@ from ssd_jax.models import mobilenet_v3, resnet, vgg
 from ssd_jax.models.ssd import check_params, param_shapes
 from ssd_jax.state_dicts import ConvBN, WeightFileError, WeightImportError, load_state_dict
 
-__all__ = ["SSD_FORMATS", "WeightFileError", "WeightImportError", "amdegroot_config", "from_amdegroot", "from_caffe",
-           "from_mobilenet_v3_large", "from_resnet50", "from_torchvision", "from_vgg16", "load_detector",
-           "load_state_dict", "merge_backbone", "torchvision_config"]
+__all__ = ["SSD_FORMATS", "STATE_DICT_IMPORTS", "WeightFileError", "WeightImportError", "amdegroot_config",
+           "from_amdegroot", "from_caffe",
+           "from_mobilenet_v3_large", "from_nvidia", "from_resnet50", "from_torchvision", "from_vgg16",
+           "load_detector", "load_state_dict", "merge_backbone", "nvidia_config", "torchvision_config"]
 
 # The ImageNet imports of the built-in base networks, by the names users know them by.
 from_vgg16 = vgg.from_imagenet
@@ -122,14 +127,21 @@ def from_torchvision(state_dict: Mapping, config: SSDConfig | None = None) -> di
 
 # ----------------------------------------------------------------------------- amdegroot
 def amdegroot_config(state_dict: Mapping) -> SSDConfig:
-    """The ``ssd300`` (VOC sizes) config whose class count fits an amdegroot state dict."""
-    return configs.ssd300(_num_classes_from_head(state_dict, "conf.0.weight", 4))
+    """``ssd300`` (the VOC sizes) as amdegroot's code runs it, with the class count of the state
+    dict: its ``PriorBox`` clamps all four of (cx, cy, w, h) (the voc config's ``clip``), its
+    ``Detect`` keeps per class the scores above 0.01 and NMS at 0.45 over the best 200 (every
+    class's survivors kept), and its boxes are not clipped to the image."""
+    num_classes = _num_classes_from_head(state_dict, "conf.0.weight", 4)
+    return dataclasses.replace(
+        configs.ssd300(num_classes), name="ssd300_amdegroot", prior_clip="all", clip_boxes=False,
+        postprocess=configs.PostprocessOptions(score_threshold=0.01, iou_threshold=0.45, pre_nms_top_k=200,
+                                               max_detections=200 * (num_classes - 1)))
 
 
 def from_amdegroot(state_dict: Mapping, config: SSDConfig | None = None) -> dict:
     """amdegroot-style VOC checkpoint -> params; conv1_1 is flipped from BGR to RGB input.
 
-    ``config`` defaults to ``ssd300`` with the class count of the checkpoint's heads.
+    ``config`` defaults to ``amdegroot_config(state_dict)``.
     """
     config = amdegroot_config(state_dict) if config is None else config
     base = {name: f"vgg.{i}" for name, i in zip(vgg.VGG_CONV_NAMES, vgg.VGG_CONV_INDICES)}
@@ -137,6 +149,59 @@ def from_amdegroot(state_dict: Mapping, config: SSDConfig | None = None) -> dict
     conv_keys = _ssd_keys(config, base, lambda i, j: f"extras.{2 * (i - 1) + j - 1}", lambda kind, i: f"{kind}.{i}")
     return _import_ssd(state_dict, config, conv_keys, {("backbone", "conv4_3_norm"): "L2Norm.weight"},
                        bgr_input_layer=("backbone", "conv1_1"))
+
+
+# ----------------------------------------------------------------------------- NVIDIA
+_NVIDIA_BACKBONE = "feature_extractor.feature_extractor"
+
+
+def _unprefixed(state_dict: Mapping, prefix: str = "module.") -> dict:
+    """Drops the prefix that a DistributedDataParallel model writes before every key."""
+    return {key.removeprefix(prefix): value for key, value in state_dict.items()}
+
+
+def nvidia_config(state_dict: Mapping) -> SSDConfig:
+    """``ssd300_resnet50`` with the class count of an NVIDIA SSD300 state dict (81 for COCO)."""
+    return configs.ssd300_resnet50(_num_classes_from_head(_unprefixed(state_dict), "conf.0.weight", 4))
+
+
+def _box_major_to_ours(kernel_and_bias: dict, boxes: int, values: int) -> dict:
+    """NVIDIA's heads lay out their channels value-major (``view(N, values, -1)`` reads channel
+    ``value * boxes + box``); ours are box-major (``box * values + value``). Both pair a channel
+    with the same default box, so reordering the output channels is all it takes."""
+    ours = np.arange(boxes * values)
+    theirs = (ours % values) * boxes + ours // values
+    return {"kernel": np.ascontiguousarray(kernel_and_bias["kernel"][..., theirs]),
+            "bias": kernel_and_bias["bias"][theirs]}
+
+
+def from_nvidia(state_dict: Mapping, config: SSDConfig | None = None) -> dict:
+    """NVIDIA DeepLearningExamples' ``SSD300`` state dict (their ``main.py`` checkpoint's 'model'
+    entry or torch hub's ``nvidia_ssd``; a ``module.`` prefix is dropped) -> params of
+    ``ssd300_resnet50``; BatchNorms are folded into the convolutions.
+
+    ``config`` defaults to ``nvidia_config(state_dict)``.
+    """
+    state_dict = _unprefixed(state_dict)
+    config = nvidia_config(state_dict) if config is None else config
+    if not isinstance(config.backbone, resnet.ResNet50Settings):
+        raise WeightImportError(f"NVIDIA's SSD300 is on ResNet-50; config {config.name!r} is on "
+                                f"{config.base_network.kind}")
+    stages = tuple(f"{_NVIDIA_BACKBONE}.{i}" for i in (4, 5, 6))
+    keys: dict[tuple[str, ...], str | ConvBN] = {
+        ("backbone", name): key for name, key in
+        resnet.torchvision_keys(stem=(f"{_NVIDIA_BACKBONE}.0", f"{_NVIDIA_BACKBONE}.1"), layers=stages).items()}
+    for i in range(1, len(config.extras) + 1):
+        keys[(f"extra{i}_1",)] = ConvBN(f"additional_blocks.{i - 1}.0", f"additional_blocks.{i - 1}.1")
+        keys[(f"extra{i}_2",)] = ConvBN(f"additional_blocks.{i - 1}.3", f"additional_blocks.{i - 1}.4")
+    for i in range(config.num_sources):
+        keys[(f"loc_{i}",)] = f"loc.{i}"
+        keys[(f"conf_{i}",)] = f"conf.{i}"
+    params = _import_ssd(state_dict, config, keys)
+    for i, boxes in enumerate(config.boxes_per_location):
+        params[f"loc_{i}"] = _box_major_to_ours(params[f"loc_{i}"], boxes, 4)
+        params[f"conf_{i}"] = _box_major_to_ours(params[f"conf_{i}"], boxes, config.num_classes)
+    return params
 
 
 # ----------------------------------------------------------------------------- Caffe
@@ -152,7 +217,11 @@ def from_caffe(prototxt: str | os.PathLike, caffemodel: str | os.PathLike, *,
 
 # ----------------------------------------------------------------------------- one entry for all
 # Layouts of published SSD weights that load_detector and the command lines read.
-SSD_FORMATS = ("torchvision", "amdegroot", "caffe")
+SSD_FORMATS = ("torchvision", "amdegroot", "nvidia", "caffe")
+# Those read from a state dict: format -> (import, the config it fits by default).
+STATE_DICT_IMPORTS = {"torchvision": (from_torchvision, torchvision_config),
+                      "amdegroot": (from_amdegroot, amdegroot_config),
+                      "nvidia": (from_nvidia, nvidia_config)}
 
 
 def load_ssd(weights: str, format: str, *, prototxt: str | None = None,
@@ -166,9 +235,9 @@ def load_ssd(weights: str, format: str, *, prototxt: str | None = None,
             raise ValueError("Caffe weights need their deploy prototxt (--prototxt=FILE) besides the caffemodel")
         return from_caffe(prototxt, weights, mean_bgr=mean_bgr)
     state_dict = load_state_dict(weights)
-    if format == "torchvision":
-        return from_torchvision(state_dict), torchvision_config(state_dict)
-    return from_amdegroot(state_dict), amdegroot_config(state_dict)
+    importer, config_of = STATE_DICT_IMPORTS[format]
+    config = config_of(state_dict)
+    return importer(state_dict, config), config
 
 
 def load_detector(*, checkpoint: str | None = None, weights: str | None = None, format: str = "torchvision",

@@ -1,6 +1,7 @@
 """One training entry point and its aliases, data sets described in one place, one evaluation
 path that never drops ground truth, training settings in the training config."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -150,7 +151,10 @@ def test_config_json_of_version_1_loads_as_the_same_preset(name):
     with open(os.path.join(CONFIG_V1, f"{name}.json")) as f:
         stored = json.load(f)
     assert "config_version" not in stored and isinstance(stored["backbone"], str)
-    assert configs.from_dict(stored) == configs.get(name)
+    expected = configs.get(name)
+    if name == "ssd300_resnet50":  # written before the preset took NVIDIA's clamped boxes and decode
+        expected = dataclasses.replace(expected, prior_clip="wh", clip_boxes=True, postprocess=None)
+    assert configs.from_dict(stored) == expected  # a file keeps what it was written with
     config = configs.get(name)  # and every preset round-trips through today's JSON
     assert configs.from_dict(json.loads(json.dumps(configs.to_dict(config)))) == config
 

@@ -75,19 +75,26 @@ def source_sizes(settings: ResNet50Settings, image_size: int) -> list[int]:
     return [out(out(out(image_size, 7, 2, 3), 3, 2, 1), 3, 2, 1)]
 
 
+def torchvision_keys(*, stem: tuple[str, str] = ("conv1", "bn1"),
+                     layers: tuple[str, ...] = ("layer1", "layer2", "layer3")) -> dict[str, state_dicts.ConvBN]:
+    """Our layer names -> torchvision's ``resnet50`` keys (each convolution with its BatchNorm):
+    ``stem`` its conv1 and bn1, ``layers`` the modules of conv2_x .. conv4_x (``layer1``.. by
+    default; NVIDIA's SSD300 nests them as ``feature_extractor.feature_extractor.4`` ..)."""
+    keys = {"conv1": state_dicts.ConvBN(*stem)}
+    for index, (blocks, _, _) in enumerate(RESNET50_LAYERS):
+        for block in range(blocks):
+            prefix, name = f"{layers[index]}.{block}", f"layer{index + 1}_{block}"
+            for k in (1, 2, 3):
+                keys[f"{name}_conv{k}"] = state_dicts.ConvBN(f"{prefix}.conv{k}", f"{prefix}.bn{k}")
+            if block == 0:
+                keys[f"{name}_downsample"] = state_dicts.ConvBN(f"{prefix}.downsample.0", f"{prefix}.downsample.1")
+    return keys
+
+
 def from_imagenet(state_dict: Mapping) -> dict:
     """torchvision's ImageNet ``resnet50`` -> the ``backbone`` params subtree of ``ssd300_resnet50``
     (conv1 .. conv4_x, BatchNorms folded; ``layer4`` and ``fc`` are not part of it)."""
-    keys: dict[str, str | state_dicts.ConvBN] = {"conv1": state_dicts.ConvBN("conv1", "bn1")}
-    for layer, (blocks, _, _) in enumerate(RESNET50_LAYERS, start=1):
-        for block in range(blocks):
-            prefix = f"layer{layer}.{block}"
-            for k in (1, 2, 3):
-                keys[f"layer{layer}_{block}_conv{k}"] = state_dicts.ConvBN(f"{prefix}.conv{k}", f"{prefix}.bn{k}")
-            if block == 0:
-                keys[f"layer{layer}_0_downsample"] = state_dicts.ConvBN(f"{prefix}.downsample.0",
-                                                                        f"{prefix}.downsample.1")
-    return state_dicts.import_backbone(state_dict, keys, ignore=("layer4.", "fc."), bn_eps=1e-5)
+    return state_dicts.import_backbone(state_dict, torchvision_keys(), ignore=("layer4.", "fc."), bn_eps=1e-5)
 
 
 NETWORK = base_networks.register(base_networks.BaseNetwork(
