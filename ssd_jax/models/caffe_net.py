@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from ssd_jax.models import base_networks
+from ssd_jax.models import base_networks, fast_grads
 from ssd_jax.models.layers import conv
 
 LAYER_KINDS = ("conv", "affine", "relu", "max_pool", "avg_pool", "eltwise_sum", "normalize", "concat")
@@ -117,11 +117,13 @@ class Normalize(nn.Module):
         return (x32 / norm * scale).astype(x.dtype)
 
 
-def caffe_pool(x, layer: CaffeLayer, out_size: int):
+def caffe_pool(x, layer: CaffeLayer, out_size: int, *, gradients: str = "xla"):
     """Caffe's max or average pooling of x [B, H, W, C] (H = W), ``out_size`` from its rounding up.
 
     The windows past the bottom/right edge that rounding up adds see -inf (max) or count nothing
     (average); an average divides by the window clipped to the padded image, as Caffe does.
+    ``gradients``: max pooling's gradient rule (``fast_grads.max_pool``; "fast" and "fast_pool"
+    also compute it as slices and maxima, which every exported runtime runs).
     """
     size = x.shape[1]
     kernel, stride, pad = (size, 1, 0) if layer.kernel == 0 else (layer.kernel, layer.stride, layer.pad)
@@ -129,7 +131,7 @@ def caffe_pool(x, layer: CaffeLayer, out_size: int):
     window, strides = (1, kernel, kernel, 1), (1, stride, stride, 1)
     padding = ((0, 0), (pad, pad + extra), (pad, pad + extra), (0, 0))
     if layer.kind == "max_pool":
-        return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, window, strides, padding)
+        return fast_grads.max_pool(x, kernel, stride, padding[1:3], gradients=gradients)
     total = lax.reduce_window(x.astype(jnp.float32), 0.0, lax.add, window, strides, padding)
     inside = jnp.pad(jnp.ones((1, size + 2 * pad, size + 2 * pad, 1), jnp.float32),
                      ((0, 0), (0, extra), (0, extra), (0, 0)))
@@ -163,7 +165,7 @@ class CaffeNet(nn.Module):
             elif layer.kind == "relu":
                 y = jnp.where(inputs[0] > 0, inputs[0], inputs[0] * layer.slope) if layer.slope else nn.relu(inputs[0])
             elif layer.kind in ("max_pool", "avg_pool"):
-                y = caffe_pool(inputs[0], layer, sizes[layer.output])
+                y = caffe_pool(inputs[0], layer, sizes[layer.output], gradients=self.gradients)
             elif layer.kind == "eltwise_sum":
                 y = sum(inputs[1:], inputs[0])
             elif layer.kind == "normalize":
