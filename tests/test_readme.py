@@ -1,4 +1,5 @@
-"""The README's Python snippets run as printed, in a fresh process, after a bare ``import ssd_jax``."""
+"""The README's Python snippets run as printed, in a fresh process, after a bare ``import ssd_jax``; and
+its test command runs every test under CI."""
 
 import os
 import re
@@ -55,3 +56,21 @@ def test_import_ssd_jax_loads_submodules_lazily_and_never_tensorflow():
     out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+def test_under_ci_a_skipped_test_fails(tmp_path):
+    """.ci/run sets SSD_JAX_NO_SKIPS: a test whose reference cannot be had (a download, a library)
+    must fail there, not pass unexercised."""
+    (tmp_path / "test_one.py").write_text("import pytest\n\ndef test_needs_a_download():\n"
+                                          "    pytest.skip('the reference could not be fetched')\n")
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no_skips", "-p", "no:cacheprovider", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
+    env.pop("SSD_JAX_NO_SKIPS", None)
+    quiet = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert quiet.returncode == 0 and "1 skipped" in quiet.stdout, quiet.stdout[-2000:]
+    strict = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path,
+                            env={**env, "SSD_JAX_NO_SKIPS": "1"}, timeout=120)
+    assert strict.returncode == 1 and "1 failed" in strict.stdout, strict.stdout[-2000:]
+    assert "SSD_JAX_NO_SKIPS is set" in strict.stdout and "could not be fetched" in strict.stdout
+    ci = open(os.path.join(os.path.dirname(__file__), os.pardir, ".ci", "run")).read()
+    assert "SSD_JAX_NO_SKIPS=1 .venv/bin/python -m pytest" in ci
