@@ -181,7 +181,7 @@ def test_new_presets_train_with_batch_norm(preset):
     from ssd_jax import train
 
     config = train.default_config()
-    config.update(model=preset, optimizer="adam", learning_rate=1e-3, warmup_steps=0, batch_norm=True)
+    config.update(model=preset, optimizer="adam", learning_rate=1e-3, warmup_steps=0, batch_norm=True, gradients="xla")
     model_config = configs.get(preset, num_classes=6)
     optimizer, schedule = train.make_optimizer(config), train.learning_rate_schedule(config)
     mesh = train.data_mesh(jax.devices()[:1])

@@ -1,9 +1,11 @@
 """Training and evaluation on several processes (jax.distributed on localhost, gloo collectives,
 one CPU device each): the same results as one process on as many devices, resumption after a
-process is killed, a dead peer ends the job instead of hanging."""
+process is killed, SIGTERM on one process stopping all at one step, a dead peer ending the job
+instead of hanging."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -49,8 +51,8 @@ def data_dir(tmp_path_factory):
 
 
 def train_args(data_dir, workdir, **overrides):
-    fields = {"optimizer": "sgd", "learning_rate": 0.01, "warmup_steps": 0, "num_steps": 8, "batch_size": 4,
-              "checkpoint_every": 2, "eval_every": 8, "eval_batch_size": 4, "log_every": 1, "data_dir": data_dir}
+    fields = {"optimizer": "sgd", "learning_rate": 0.01, "warmup_steps": 0, "num_steps": 12, "batch_size": 4,
+              "checkpoint_every": 2, "eval_every": 12, "eval_batch_size": 4, "log_every": 1, "data_dir": data_dir}
     fields.update(overrides)
     return [sys.executable, TRAIN, "--dataset=shapes_tiny", f"--workdir={workdir}",
             *(f"--config.{key}={value}" for key, value in fields.items())]
@@ -60,24 +62,38 @@ def params_of(workdir):
     return jax.tree.leaves(checkpoint.load_params(os.path.join(workdir, "params"))[0])
 
 
+def wait_for_history(history, lines, processes):
+    """Waits until the run has logged ``lines`` steps (or a process has ended)."""
+    deadline = time.time() + 600
+    while time.time() < deadline and all(p.poll() is None for p in processes):
+        if history.exists() and len(history.read_text().splitlines()) >= lines:
+            return len(history.read_text().splitlines())
+        time.sleep(0.05)
+    raise AssertionError(f"the run ended or stalled before logging {lines} steps")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_dir):
-    """A training of 2 processes x 1 device whose process 1 is killed midway, the same command run
-    again to the end through launch_local.py, and the same training as 1 process x 2 devices."""
+    """A training of 2 processes x 1 device: process 1 killed (SIGKILL) midway; the same command
+    again, process 1 sent SIGTERM after a step; the same command a third time, through
+    launch_local.py, to the end; and the same training as 1 process x 2 devices."""
     root = tmp_path_factory.mktemp("runs")
     command = train_args(data_dir, root / "two")  # process 0 evaluates and draws at the end
-    processes = start_processes(command)
     history = root / "two" / "metrics.jsonl"
-    deadline = time.time() + 600
-    while time.time() < deadline and not (history.exists() and len(history.read_text().splitlines()) >= 4):
-        time.sleep(0.2)
+    processes = start_processes(command)
+    logged = wait_for_history(history, 4, processes)
     processes[1].kill()
     killed_at = time.time()
     output, _ = processes[0].communicate(timeout=300)
     killed = {"returncode": processes[0].returncode, "waited": time.time() - killed_at, "output": output,
               "params_written": (root / "two" / "params").exists()}
     processes[1].communicate()
-    # The same command on every process resumes from the last checkpoint.
+    # The same command resumes; SIGTERM to one process once it has trained a step past the kill.
+    processes = start_processes(command)
+    wait_for_history(history, logged + 1, processes)
+    processes[1].send_signal(signal.SIGTERM)
+    terminated = [(p.communicate(timeout=300)[0], p.returncode) for p in processes]
+    # The same command on every process resumes from the last checkpoint, to the end.
     two = subprocess.run([sys.executable, LAUNCH, "--num_processes=2", "--", *command[1:], "--peer_timeout=20"],
                          env=env(1), capture_output=True, text=True, timeout=900)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
@@ -85,11 +101,11 @@ def runs(tmp_path_factory, data_dir):
     one = subprocess.run(train_args(data_dir, root / "one", eval_every=0), env=env(2), capture_output=True, text=True,
                          timeout=900)
     assert one.returncode == 0, one.stderr[-3000:]
-    return root, killed, two
+    return root, killed, terminated, two
 
 
 def test_a_killed_process_ends_the_job_and_the_same_command_resumes(runs):
-    _, killed, two = runs
+    _, killed, _, two = runs
     assert killed["returncode"] != 0, killed["output"][-3000:]
     assert killed["waited"] < 120, killed["waited"]  # bounded by --peer_timeout (20 s here), never a hang
     assert "another process has probably died" in killed["output"] or "another task died" in killed["output"], \
@@ -98,8 +114,21 @@ def test_a_killed_process_ends_the_job_and_the_same_command_resumes(runs):
     assert "[0] resuming from step" in two.stdout  # and it ends as the uninterrupted run (below)
 
 
+def test_sigterm_on_one_process_stops_all_at_the_same_step_after_saving(runs):
+    _, _, terminated, two = runs
+    for output, returncode in terminated:  # interrupted, not finished, not crashed: 143 on both
+        assert returncode == 128 + signal.SIGTERM, output[-3000:]
+    # Process 0 reports for all (process 1 got the signal); the checkpoint it names is a collective
+    # save, which both processes made at that step, and the same command resumes from it.
+    output = terminated[0][0]
+    line = next((line for line in output.splitlines() if "interrupted by SIGTERM at step" in line), None)
+    assert line is not None, output[-3000:]
+    step = int(line.split("interrupted by SIGTERM at step ")[1].split()[0].rstrip(",;"))
+    assert step < 12 and f"[0] resuming from step {step} " in two.stdout, two.stdout[-3000:]
+
+
 def test_two_processes_train_as_one_process_on_two_devices(runs):
-    root, _, two = runs
+    root, _, _, two = runs
     for a, b in zip(params_of(root / "two"), params_of(root / "one")):
         scale = max(float(np.abs(b).max()), 1e-6)
         assert float(np.abs(a - b).max()) <= 1e-4 * scale
@@ -114,7 +143,7 @@ def test_two_processes_train_as_one_process_on_two_devices(runs):
 
     # The history of the killed run was cut back to its checkpoint: each step once, as in one run.
     (two_losses, one_losses) = losses(root / "two"), losses(root / "one")
-    assert [step for step, _ in two_losses] == [step for step, _ in one_losses] == list(range(1, 9))
+    assert [step for step, _ in two_losses] == [step for step, _ in one_losses] == list(range(1, 13))
     np.testing.assert_allclose([v for _, v in two_losses], [v for _, v in one_losses], rtol=1e-4)
     assert any("voc07_mAP" in json.loads(line) for line in open(root / "two" / "metrics.jsonl"))
 
