@@ -13,6 +13,7 @@ from ssd_jax.detect import detect
 from ssd_jax.models import SSD, init
 from ssd_jax.nms import Detections
 from ssd_jax.priors import priors
+from ssd_jax.stream import detect_stream
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ __all__ = [
     "boxes",
     "configs",
     "detect",
+    "detect_stream",
     "init",
     "losses",
     "matching",
