@@ -50,7 +50,8 @@ def check_writable(directory: str | os.PathLike) -> str:
     return directory
 
 
-def _temporary_name(path: str) -> str:
+def temporary_name(path: str) -> str:
+    """A hidden name beside ``path`` for writing it before the rename that finishes it."""
     directory, name = os.path.split(path)
     return os.path.join(directory, f".{name}.{os.getpid()}.tmp")
 
@@ -59,7 +60,7 @@ def write_atomically(path: str | os.PathLike, data: bytes | str) -> str:
     """Writes ``data`` to ``path`` through a temporary file in its directory and a rename: an error
     (a full disk) or an interruption never leaves a partial ``path``, nor the temporary file."""
     path = os.fspath(path)
-    temporary = _temporary_name(path)
+    temporary = temporary_name(path)
     try:
         with open(temporary, "wb" if isinstance(data, bytes) else "w") as f:
             f.write(data)
