@@ -1,13 +1,17 @@
-r"""Runs a trained, converted or published detector on images: draws the detections and writes
-COCO results.
+r"""Runs a trained, converted or published detector on images, videos and cameras: draws the
+detections and writes them down.
 
   python experiments/detect.py --checkpoint=runs/shapes/params --out_dir=out/detections photo1.jpg photos/ 'shots/*.png'
   python experiments/detect.py --weights=ssd300_vgg16_coco.pth --format=torchvision *.jpg
   python experiments/detect.py --weights=res10.caffemodel --format=caffe --prototxt=deploy.prototxt \
       --class_names=face --min_score=0.5 photo.jpg
 
-A source is an image file, a folder (the images in it, by name, not its subfolders) or a glob
-pattern (quote it: 'shots/*.png'). Each image is read upright (its EXIF orientation applied),
+  python experiments/detect.py --checkpoint=runs/shapes/params --out_dir=out/video clip.mp4 --every_n=2
+  python experiments/detect.py --checkpoint=runs/shapes/params camera:0 --max_frames=300
+
+A source is an image file, a folder (the images in it, by name, not its subfolders), a glob
+pattern (quote it: 'shots/*.png'), a video file (.mp4, .avi, .mov, .mkv, .webm) or camera:N.
+Each image is read upright (its EXIF orientation applied),
 resized to the model's input and detected in batches of --batch_size (the last one padded), so
 that one compilation serves images of any sizes. OUT_DIR receives:
 
@@ -28,6 +32,15 @@ Every file is written under a temporary name and then renamed, so none is ever h
 detections.json is rewritten after each image: when a run stops (a full disk, Ctrl-C) it holds the
 detections of every image whose picture was written. A source that is missing or not a readable
 image is reported and skipped; the others are still processed.
+
+A video clip.mp4 (or a camera, as camera_N) gives OUT_DIR/clip.mp4, every frame with its
+detections drawn, at the source's size and frame rate, and OUT_DIR/clip.jsonl, one line per frame
+in order: {"frame": i, "time": seconds, "detected": true, "detections": [{"bbox": [x, y, w, h]
+pixels, "score", "category_id", "category_name"}]}. With --every_n=N only every N-th frame is
+detected; the frames between carry the last detections ("detected": false). Frames are decoded
+and resized on a thread while the device detects (ssd_jax.detect_stream); both files are written
+under temporary names and finished on exit, Ctrl-C included, so they hold every frame done.
+Frames that fail to decode are skipped and counted. Videos need pip install -e '.[video]'.
 """
 
 from __future__ import annotations
@@ -35,12 +48,14 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
 import sys
 
 import numpy as np
 from absl import app, flags, logging
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")  # ssd_jax.video.VIDEO_SUFFIXES, without importing it
 
 CHECKPOINT = flags.DEFINE_string("checkpoint", None, "ssd_jax parameter checkpoint (e.g. WORKDIR/params).")
 WEIGHTS = flags.DEFINE_string("weights", None, "Or a published weight file (.pth/.npz/.safetensors, or a Caffe "
@@ -62,6 +77,11 @@ BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per detect call (the 
 CLASS_NAMES = flags.DEFINE_list("class_names", None, "Names of classes 1..C-1 (default: those stored with the "
                                 "checkpoint, else from the data set the model's class count suggests: VOC 21, "
                                 "COCO 81/91, shapes 6).")
+EVERY_N = flags.DEFINE_integer("every_n", 1, "Videos: detect every n-th frame (all frames are written).",
+                               lower_bound=1)
+MAX_FRAMES = flags.DEFINE_integer("max_frames", None, "Videos and cameras: stop after this many frames.",
+                                  lower_bound=1)
+START = flags.DEFINE_float("start", 0.0, "Videos: start at this time, in seconds.", lower_bound=0.0)
 OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace pictures and detections.json that an earlier run wrote "
                               "in --out_dir (never other files).")
 
@@ -76,6 +96,10 @@ def is_image_file(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
+def is_video_source(path: str) -> bool:
+    return path.startswith("camera:") or os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
+
+
 def expand_sources(sources: list[str]) -> tuple[list[str], list[str]]:
     """Command-line sources -> (image paths in order, problems: one line per source that names nothing).
 
@@ -85,9 +109,11 @@ def expand_sources(sources: list[str]) -> tuple[list[str], list[str]]:
     for source in sources:
         if os.path.isdir(source):
             found = sorted(os.path.join(source, name) for name in os.listdir(source)
-                           if is_image_file(name) and os.path.isfile(os.path.join(source, name)))
+                           if (is_image_file(name) or is_video_source(name))
+                           and os.path.isfile(os.path.join(source, name)))
             if not found:
-                problems.append(f"skipped {source}: a folder without image files ({', '.join(IMAGE_EXTENSIONS)})")
+                problems.append(f"skipped {source}: a folder without image or video files "
+                                f"({', '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})")
             paths += found
         elif glob.has_magic(source) and not os.path.exists(source):
             found = sorted(path for path in glob.glob(source) if os.path.isfile(path))
@@ -173,12 +199,13 @@ def is_our_detections_json(path: str) -> bool:
                                            <= set(entry) for entry in value)
 
 
-def claim_outputs(out_dir: str, pictures: list[str], inputs: list[str]) -> None:
+def claim_outputs(out_dir: str, pictures: list[str], inputs: list[str], videos: list[str]) -> None:
     """Exits unless every file this run will write in ``out_dir`` is free, or (with --overwrite) an
-    output of an earlier run; an input image is never written over."""
+    output of an earlier run; an input is never written over."""
     from ssd_jax import files
 
     outputs = [os.path.join(out_dir, name) for name in pictures]
+    outputs += [path for source in videos for path in video_outputs(source, out_dir)]
     inputs_real = {os.path.realpath(path) for path in inputs}
     clashes = [path for path in outputs if os.path.realpath(path) in inputs_real]
     if clashes:
@@ -186,10 +213,19 @@ def claim_outputs(out_dir: str, pictures: list[str], inputs: list[str]) -> None:
              f"pictures to another --out_dir")
 
     def ours(path):
-        return is_our_detections_json(path) if path.endswith(".json") else files.is_our_png(path)
+        if path.endswith(".json"):
+            return is_our_detections_json(path)
+        if path.endswith(".jsonl"):
+            return is_our_jsonl(path)
+        if is_video_source(path):
+            from ssd_jax.video import is_our_video
 
+            return is_our_video(path)
+        return files.is_our_png(path)
+
+    json_files = [os.path.join(out_dir, "detections.json")] if pictures else []
     try:
-        files.claim_all([*outputs, os.path.join(out_dir, "detections.json")], overwrite=OVERWRITE.value,
+        files.claim_all([*outputs, *json_files], overwrite=OVERWRITE.value,
                         is_ours=ours, what="pictures or detections")
     except files.OutputExistsError as error:
         fail(str(error))
@@ -223,6 +259,111 @@ def read_batch(paths: list[str], first_id: int):
     return readable
 
 
+# ----------------------------------------------------------------------------- videos
+def video_outputs(source: str, out_dir: str) -> tuple[str, str]:
+    """OUT_DIR/<stem><suffix> (the annotated video, a camera's as .mp4) and OUT_DIR/<stem>.jsonl."""
+    if source.startswith("camera:"):
+        stem, suffix = "camera_" + source.split(":", 1)[1], ".mp4"
+    else:
+        stem, suffix = os.path.splitext(os.path.basename(source))
+    return os.path.join(out_dir, stem + suffix.lower()), os.path.join(out_dir, stem + ".jsonl")
+
+
+def is_our_jsonl(path: str) -> bool:
+    try:
+        with open(path) as f:
+            first = json.loads(f.readline() or "{}")
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and {"frame", "time", "detections"} <= set(first)
+
+
+def frame_record(index, time, detected, boxes, scores, classes, height, width, names, category_ids) -> dict:
+    """One frame's JSONL line: pixel [x, y, w, h] boxes, scores, category ids and names."""
+    detections = []
+    for box, score, label in zip(boxes, scores, classes):
+        x0, y0, x1, y1 = (float(v) for v in np.asarray(box) * [width, height, width, height])
+        label = int(label)
+        detections.append({"bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                           "score": round(float(score), 5),
+                           "category_id": int(category_ids[label - 1]) if category_ids else label,
+                           "category_name": names[label - 1] if names else str(label)})
+    return {"frame": index, "time": round(time, 4), "detected": detected, "detections": detections}
+
+
+def detect_video(source: str, out_dir: str, params, config, options, names, category_ids) -> bool:
+    """Detects on every frame of a video or camera; writes its annotated video and JSONL. Returns
+    whether the source could be read (a failure is one line on stderr)."""
+    import collections
+
+    import tqdm
+
+    import ssd_jax
+    from ssd_jax import files, video, visualize
+
+    try:
+        reader = video.open_video(source)
+    except video.VideoError as error:
+        print(f"skipped {error}", file=sys.stderr)
+        return False
+    video_path, jsonl_path = video_outputs(source, out_dir)
+    try:
+        writer = video.VideoWriter(video_path, fps=reader.fps, width=reader.width, height=reader.height)
+    except video.VideoError as error:
+        reader.close()
+        fail(str(error))
+    partial_jsonl = files.temporary_name(jsonl_path)
+    read = collections.deque()  # frames read, in order, until written
+    every_n = EVERY_N.value
+
+    def to_detect():
+        for frame in reader.frames(start=START.value, max_frames=MAX_FRAMES.value):
+            read.append(frame)
+            if frame.index % every_n == 0:
+                yield frame.pixels
+
+    interrupted = []  # Ctrl-C is taken at the next frame boundary
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    last = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
+    total = MAX_FRAMES.value or reader.frame_count or None
+    written = 0
+    progress = tqdm.tqdm(total=total, desc=os.path.basename(video_path), unit="frame")
+    with open(partial_jsonl, "w") as lines:
+        def write(frame, detected):
+            nonlocal written
+            boxes, scores, classes = last
+            picture = visualize.draw_boxes(frame.pixels, boxes, classes, scores, names)
+            writer.write(np.asarray(picture))
+            record = frame_record(written, frame.time, detected, boxes, scores, classes, *frame.pixels.shape[:2],
+                                  names, category_ids)
+            lines.write(json.dumps(record) + "\n")
+            written += 1
+            progress.update(1)
+            if interrupted:  # between frames, so that the video and the JSONL hold the same ones
+                raise KeyboardInterrupt
+
+        try:
+            stream = ssd_jax.detect_stream(params, to_detect(), config=config, batch_size=BATCH_SIZE.value,
+                                           **options)
+            for result in stream:
+                while read[0].index % every_n:  # frames between detections: the last ones drawn
+                    write(read.popleft(), False)
+                last = visualize.image_detections(result, 0, SCORE.value)
+                write(read.popleft(), True)
+            while read:
+                write(read.popleft(), False)
+        finally:  # also on Ctrl-C or a full disk: a playable video and a valid JSONL of the frames done
+            progress.close()
+            lines.close()
+            os.replace(partial_jsonl, jsonl_path)
+            writer.close()
+            reader.close()
+            signal.signal(signal.SIGINT, previous_handler)
+    skipped = f"; {reader.skipped} damaged packet(s) skipped" if reader.skipped else ""
+    print(f"{source}: {written} frames -> {video_path}, {jsonl_path}{skipped}")
+    return True
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv):
     logging.set_verbosity(logging.WARNING)
@@ -232,7 +373,9 @@ def main(argv):
     for problem in problems:
         print(problem, file=sys.stderr)
     if not paths:
-        fail("no image to detect on")
+        fail("no image or video to detect on")
+    videos = [path for path in paths if is_video_source(path)]
+    paths = [path for path in paths if not is_video_source(path)]
     from ssd_jax import files
 
     out_dir = OUT_DIR.value
@@ -241,7 +384,7 @@ def main(argv):
     except OSError as error:
         fail(f"cannot write to --out_dir={out_dir} ({error})")
     pictures = picture_names(paths)
-    claim_outputs(out_dir, pictures, paths)
+    claim_outputs(out_dir, pictures, paths + videos, videos)
     params, config, metadata = load_model()
     names = class_names(config.num_classes, metadata.get("class_names"))
     category_ids = metadata.get("category_ids")
@@ -252,6 +395,19 @@ def main(argv):
     import ssd_jax
     from ssd_jax import visualize
 
+    failed_videos = 0
+    for source in videos:
+        try:
+            failed_videos += not detect_video(source, out_dir, params, config, options, names, category_ids)
+        except KeyboardInterrupt:
+            print(f"interrupted: the frames of {source} done so far are in {out_dir}", file=sys.stderr)
+            sys.exit(130)
+        except OSError as error:
+            fail(f"cannot write to {out_dir} ({error}); the frames done so far are kept")
+    if not paths:
+        if failed_videos:
+            sys.exit(1)
+        return
     json_path = os.path.join(out_dir, "detections.json")
     batch_size = min(BATCH_SIZE.value, len(paths))
     # Fills the last batch: the compiled program keeps one shape.
@@ -282,7 +438,7 @@ def main(argv):
     failures = len(paths) - done
     print(f"wrote {len(results)} detections of {done} images to {json_path}"
           + (f"; {failures} file(s) skipped" if failures else ""))
-    if not done:
+    if not done or failed_videos:
         sys.exit(1)
 
 

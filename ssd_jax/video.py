@@ -149,6 +149,17 @@ def open_video(source: str) -> VideoReader:
     return VideoReader(source, container, stream, float(rate), width, height, int(stream.frames or 0))
 
 
+def is_our_video(path: str) -> bool:
+    """Whether ``path`` is a video that ssd_jax wrote (its container's comment)."""
+    av = _av()
+    try:
+        with av.open(path) as container:
+            tags = {key.lower(): value for key, value in container.metadata.items()}  # Matroska's are upper case
+            return tags.get("comment") == files.PRODUCER
+    except (av.error.FFmpegError, OSError):
+        return False
+
+
 class VideoWriter:
     """Writes RGB uint8 frames [H, W, 3] of one size to ``path`` (H.264 in .mp4/.mkv/.mov,
     MPEG-4 Part 2 in .avi, VP9 in .webm), under a temporary name until ``close()``."""
@@ -170,6 +181,7 @@ class VideoWriter:
             self.container = av.open(self.partial, mode="w", format={".mkv": "matroska"}.get(suffix, suffix[1:]))
         except (av.error.FFmpegError, OSError) as error:
             raise VideoError(f"{path}: cannot write the video ({error})") from error
+        self.container.metadata["comment"] = files.PRODUCER  # so that --overwrite knows it for ours
         codec = {".mkv": "libx264"}.get(suffix, self.CODECS[suffix])
         self.stream = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         # Even sizes: H.264's 4:2:0 sampling needs them; an odd last row or column is repeated.

@@ -115,3 +115,92 @@ def test_detect_stream_on_a_video_equals_detect_on_its_frames(tmp_path):
         alone = ssd_jax.detect(params, pixels[None], config=config)
         np.testing.assert_array_equal(result.num_detections, alone.num_detections)
         np.testing.assert_allclose(result.scores, alone.scores, atol=1e-5)
+
+
+def test_detect_py_writes_the_annotated_video_and_one_json_line_per_frame(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import jax
+    from random_models import spread_params
+
+    from ssd_jax import checkpoint
+
+    config = configs.ssd_tiny(num_classes=4)
+    params = jax.tree.map(np.asarray, spread_params(config))
+    ckpt = checkpoint.save_params(tmp_path / "ckpt", params, config, metadata={"class_names": ["a", "b", "c"]})
+    clip = write_video(tmp_path / "clip.mp4", 12, height=96, width=128)
+    (tmp_path / "notes.mp4").write_text("not a video")
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "detect.py")
+    out_dir = tmp_path / "out"
+
+    def run(*args):
+        return subprocess.run([sys.executable, script, f"--checkpoint={ckpt}", f"--out_dir={out_dir}",
+                               "--batch_size=4", "--min_score=0.2", *args], capture_output=True, text=True,
+                              timeout=600)
+
+    out = run(str(clip), str(tmp_path / "notes.mp4"), "camera:9", "--every_n=2")
+    assert out.returncode == 1, out.stderr[-3000:]  # two sources could not be read at all
+    assert "notes.mp4: not a readable video" in out.stderr and "camera:9: no such camera" in out.stderr
+    assert "Traceback" not in out.stderr
+    reader = video.open_video(str(out_dir / "clip.mp4"))
+    assert (reader.width, reader.height, reader.fps) == (128, 96, pytest.approx(12.0))
+    drawn = list(reader.frames())
+    lines = [json.loads(line) for line in (out_dir / "clip.jsonl").read_text().splitlines()]
+    assert len(drawn) == len(lines) == 12 and video.is_our_video(str(out_dir / "clip.mp4"))
+    assert [line["frame"] for line in lines] == list(range(12))
+    assert [line["detected"] for line in lines] == [i % 2 == 0 for i in range(12)]
+    np.testing.assert_allclose([line["time"] for line in lines], np.arange(12) / 12.0, atol=1e-3)
+    # Frame 0's line holds detect's detections of that frame (>= --min_score), in pixels.
+    first = video.open_video(str(clip)).frames().__next__().pixels
+    alone = ssd_jax.detect(params, first[None], config=config)
+    n = int(alone.num_detections[0])
+    keep = np.asarray(alone.scores[0, :n]) >= 0.2
+    assert len(lines[0]["detections"]) == int(keep.sum()) > 0
+    x0, y0, x1, y1 = np.asarray(alone.boxes[0, :n])[keep][0] * [128, 96, 128, 96]
+    np.testing.assert_allclose(lines[0]["detections"][0]["bbox"], [x0, y0, x1 - x0, y1 - y0], atol=0.02)
+    assert lines[1]["detections"] == lines[0]["detections"]  # a frame between detections carries the last ones
+
+    refused = run(str(clip))  # an earlier run's outputs: kept unless --overwrite
+    assert refused.returncode != 0 and "--overwrite" in refused.stderr
+    again = run(str(clip), "--overwrite", "--start=0.5", "--max_frames=4")
+    assert again.returncode == 0, again.stderr[-3000:]
+    lines = [json.loads(line) for line in (out_dir / "clip.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and lines[0]["time"] == pytest.approx(0.5, abs=1e-3)
+    assert not [p for p in os.listdir(out_dir) if p.startswith(".")]  # no temporary file left
+
+
+def test_ctrl_c_leaves_a_playable_video_and_a_valid_jsonl_of_the_frames_done(tmp_path):
+    import glob
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import jax
+    from random_models import spread_params
+
+    from ssd_jax import checkpoint
+
+    config = configs.ssd_tiny(num_classes=4)
+    ckpt = checkpoint.save_params(tmp_path / "ckpt", jax.tree.map(np.asarray, spread_params(config)), config)
+    clip = write_video(tmp_path / "long.mp4", 600, height=64, width=64)
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "detect.py")
+    process = subprocess.Popen([sys.executable, script, f"--checkpoint={ckpt}", f"--out_dir={tmp_path / 'out'}",
+                                "--batch_size=4", str(clip)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        partial = glob.glob(str(tmp_path / "out" / ".long.jsonl.*"))
+        if partial and len(open(partial[0]).read().splitlines()) >= 20:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    lines = [json.loads(line) for line in (tmp_path / "out" / "long.jsonl").read_text().splitlines()]
+    frames = list(video.open_video(str(tmp_path / "out" / "long.mp4")).frames())
+    assert 20 <= len(lines) < 600 and [line["frame"] for line in lines] == list(range(len(lines)))
+    assert len(frames) == len(lines)  # the video holds exactly the frames the JSONL lists
