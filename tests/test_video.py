@@ -204,3 +204,17 @@ def test_ctrl_c_leaves_a_playable_video_and_a_valid_jsonl_of_the_frames_done(tmp
     frames = list(video.open_video(str(tmp_path / "out" / "long.mp4")).frames())
     assert 20 <= len(lines) < 600 and [line["frame"] for line in lines] == list(range(len(lines)))
     assert len(frames) == len(lines)  # the video holds exactly the frames the JSONL lists
+
+
+def test_the_video_benchmark_runs(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "bench_video.py")
+    out = subprocess.run([sys.executable, script, "--model=ssd_tiny", "--frames=24", "--width=96", "--height=64",
+                          "--batch=4", "--rounds=1", f"--out={tmp_path / 'bench.json'}"], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    row = json.loads((tmp_path / "bench.json").read_text())["rows"][0]
+    assert row["detect_py_fps"] > 0 and row["in_memory_fps"] > 0 and "| ratio |" in out.stdout
