@@ -40,8 +40,8 @@ def trained_on_voc_folder(tmp_path_factory, voc_folder):
     workdir = tmp_path_factory.mktemp("w") / "run"
     # Long enough for detections worth scoring (mAP well above 0), so that the two scorings can differ.
     out = script("train.py", f"--config={RECIPE}", "--config.dataset=vocdir", f"--config.data_dir={voc_folder}",
-                 f"--workdir={workdir}", *SHORT, "--config.num_steps=300", "--config.checkpoint_every=300",
-                 "--config.eval_every=300", "--config.warmup_steps=20", "--config.lr_boundaries=(250,)")
+                 f"--workdir={workdir}", *SHORT, "--config.num_steps=150", "--config.checkpoint_every=150",
+                 "--config.eval_every=150", "--config.warmup_steps=20", "--config.lr_boundaries=(120,)")
     assert out.returncode == 0, out.stderr[-3000:]
     return workdir, out
 
