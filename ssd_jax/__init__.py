@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 # Loaded on first attribute access: some import TensorFlow (data, train) or orbax (checkpoint).
 _LAZY_SUBMODULES = ("caffe", "checkpoint", "classes", "data", "evaluation", "export", "image_io", "models", "train",
-                    "visualize", "weights", "workdir")
+                    "video", "visualize", "weights", "workdir")
 
 
 def __getattr__(name):

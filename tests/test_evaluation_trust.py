@@ -406,7 +406,7 @@ def test_a_91_slot_model_is_scored_on_the_80_coco_categories():
     np.testing.assert_array_equal(dets.classes, [80, 1])
     np.testing.assert_allclose(dets.boxes, [[10, 10, 60, 90], [100, 20, 180, 80]])
     metrics = evaluator.metrics([dets], truths)
-    assert metrics["AP07/toothbrush"] == 1.0 and metrics["AP07/person"] == 1.0 and metrics["voc07_mAP"] == 1.0
+    assert metrics["AP07/toothbrush"] == metrics["AP07/person"] == metrics["voc07_mAP"] == pytest.approx(1.0)
     assert metrics["coco/AP"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="one entry for each of the model's 91 classes"):
         Evaluator(config, batch_size=2, class_map=np.arange(81))

@@ -34,13 +34,15 @@ def test_readme_python_snippets_run_in_a_fresh_process(tmp_path):
     assert "README snippets ok" in out.stdout
 
 
-def test_import_ssd_jax_loads_submodules_lazily_and_never_tensorflow():
+def test_import_ssd_jax_loads_submodules_lazily_and_never_tensorflow_or_pyav():
     program = textwrap.dedent("""
         import sys
         import ssd_jax
         assert "tensorflow" not in sys.modules, "import ssd_jax imported TensorFlow"
         for name in ("checkpoint", "weights", "evaluation", "visualize", "workdir"):
             getattr(ssd_jax, name)
+        assert "av" not in sys.modules, "image detection imported PyAV (only a video may)"
+        assert callable(ssd_jax.detect_stream) and callable(ssd_jax.video.open_video)
         assert callable(ssd_jax.checkpoint.load_params) and callable(ssd_jax.weights.from_torchvision)
         assert "tensorflow" not in sys.modules, "a detection-side submodule imported TensorFlow"
         assert callable(ssd_jax.train.train_and_evaluate) and issubclass(ssd_jax.data.DatasetNotPreparedError,

@@ -152,14 +152,21 @@ def test_detect_py_writes_the_annotated_video_and_one_json_line_per_frame(tmp_pa
     assert [line["frame"] for line in lines] == list(range(12))
     assert [line["detected"] for line in lines] == [i % 2 == 0 for i in range(12)]
     np.testing.assert_allclose([line["time"] for line in lines], np.arange(12) / 12.0, atol=1e-3)
-    # Frame 0's line holds detect's detections of that frame (>= --min_score), in pixels.
-    first = video.open_video(str(clip)).frames().__next__().pixels
-    alone = ssd_jax.detect(params, first[None], config=config)
-    n = int(alone.num_detections[0])
-    keep = np.asarray(alone.scores[0, :n]) >= 0.2
-    assert len(lines[0]["detections"]) == int(keep.sum()) > 0
-    x0, y0, x1, y1 = np.asarray(alone.boxes[0, :n])[keep][0] * [128, 96, 128, 96]
-    np.testing.assert_allclose(lines[0]["detections"][0]["bbox"], [x0, y0, x1 - x0, y1 - y0], atol=0.02)
+    # Each detected frame's line holds detect's detections of that frame, decoded here on its own
+    # (>= --min_score, in pixels, best first).
+    decoded = [f.pixels for f in video.open_video(str(clip)).frames()]
+    for index in range(0, 12, 2):
+        alone = ssd_jax.detect(params, decoded[index][None], config=config)
+        n = int(alone.num_detections[0])
+        keep = np.asarray(alone.scores[0, :n]) >= 0.2
+        found = lines[index]["detections"]
+        assert len(found) == int(keep.sum()) > 0
+        boxes = np.asarray(alone.boxes[0, :n])[keep] * [128, 96, 128, 96]
+        np.testing.assert_allclose([d["bbox"] for d in found], np.concatenate(
+            [boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1), atol=0.02)
+        np.testing.assert_allclose([d["score"] for d in found], np.asarray(alone.scores[0, :n])[keep], atol=1e-4)
+        assert [d["category_name"] for d in found] == [["a", "b", "c"][c - 1] for c in
+                                                       np.asarray(alone.classes[0, :n])[keep]]
     assert lines[1]["detections"] == lines[0]["detections"]  # a frame between detections carries the last ones
 
     refused = run(str(clip))  # an earlier run's outputs: kept unless --overwrite
