@@ -31,7 +31,8 @@ class VideoError(ValueError):
 
 
 class Frame(NamedTuple):
-    """One decoded frame: its index in the stream, its time in seconds, RGB uint8 [H, W, 3]."""
+    """One decoded frame: its position among the frames given (0, 1, ...), its time in the video
+    in seconds, RGB uint8 pixels [H, W, 3]."""
 
     index: int
     time: float
@@ -62,7 +63,8 @@ def camera_device(source: str) -> str:
 @dataclasses.dataclass
 class VideoReader:
     """An open video (or camera): ``fps``, ``width``, ``height``, ``frame_count`` (0 when unknown);
-    iterate ``frames()``; ``skipped`` counts the frames that failed to decode."""
+    iterate ``frames()``; ``skipped`` counts the packets (a frame each, for video codecs) that
+    failed to decode."""
 
     source: str
     container: object
@@ -86,7 +88,7 @@ class VideoReader:
             time = float(frame.time) if frame.time is not None else index / self.fps
             if time + 1e-6 < start:
                 continue
-            yield Frame(index, time, frame.to_ndarray(format="rgb24"))
+            yield Frame(given, time, frame.to_ndarray(format="rgb24"))
             given += 1
             if max_frames is not None and given >= max_frames:
                 return

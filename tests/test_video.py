@@ -51,6 +51,7 @@ def test_start_and_max_frames(tmp_path):
     reader = video.open_video(str(path))
     frames = list(reader.frames(start=1.0, max_frames=5))
     assert len(frames) == 5 and frames[0].time == pytest.approx(1.0, abs=1e-3)
+    assert [f.index for f in frames] == list(range(5))  # positions among the frames given
     errors = [np.abs(frames[0].pixels.astype(int) - moving_square(i)).mean() for i in range(24)]
     assert int(np.argmin(errors)) == 12  # the frame at 1 s of a 12 fps video
 
