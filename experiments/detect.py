@@ -56,7 +56,7 @@ import numpy as np
 from absl import app, flags, logging
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")  # ssd_jax.video.VIDEO_SUFFIXES, without importing it
+
 
 CHECKPOINT = flags.DEFINE_string("checkpoint", None, "ssd_jax parameter checkpoint (e.g. WORKDIR/params).")
 WEIGHTS = flags.DEFINE_string("weights", None, "Or a published weight file (.pth/.npz/.safetensors, or a Caffe "
@@ -98,7 +98,9 @@ def is_image_file(path: str) -> bool:
 
 
 def is_video_source(path: str) -> bool:
-    return path.startswith("camera:") or os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
+    from ssd_jax.video import is_video  # no PyAV needed for the name
+
+    return is_video(path)
 
 
 def expand_sources(sources: list[str]) -> tuple[list[str], list[str]]:
@@ -114,7 +116,7 @@ def expand_sources(sources: list[str]) -> tuple[list[str], list[str]]:
                            and os.path.isfile(os.path.join(source, name)))
             if not found:
                 problems.append(f"skipped {source}: a folder without image or video files "
-                                f"({', '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})")
+                                f"({', '.join(IMAGE_EXTENSIONS)}, or videos)")
             paths += found
         elif glob.has_magic(source) and not os.path.exists(source):
             found = sorted(path for path in glob.glob(source) if os.path.isfile(path))
@@ -279,17 +281,14 @@ def is_our_jsonl(path: str) -> bool:
     return isinstance(first, dict) and {"frame", "time", "detections"} <= set(first)
 
 
-def frame_record(index, time, detected, boxes, scores, classes, height, width, names, category_ids) -> dict:
-    """One frame's JSONL line: pixel [x, y, w, h] boxes, scores, category ids and names."""
-    detections = []
-    for box, score, label in zip(boxes, scores, classes):
-        x0, y0, x1, y1 = (float(v) for v in np.asarray(box) * [width, height, width, height])
-        label = int(label)
-        detections.append({"bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                           "score": round(float(score), 5),
-                           "category_id": int(category_ids[label - 1]) if category_ids else label,
-                           "category_name": names[label - 1] if names else str(label)})
-    return {"frame": index, "time": round(time, 4), "detected": detected, "detections": detections}
+def frame_record(index, seconds, detected, boxes, scores, classes, height, width, names, category_ids) -> dict:
+    """One frame's JSONL line: its detections as detections.json holds an image's (pixel
+    [x, y, w, h] boxes, score, category id and name)."""
+    results = coco_results(index, "", "", boxes, scores, classes, height, width, names=names,
+                           category_ids=category_ids)
+    detections = [{key: result[key] for key in ("bbox", "score", "category_id", "category_name")}
+                  for result in results]
+    return {"frame": index, "time": round(seconds, 4), "detected": detected, "detections": detections}
 
 
 def detect_video(source: str, out_dir: str, params, config, options, names, category_ids) -> bool:
