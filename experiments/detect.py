@@ -55,9 +55,6 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
 CHECKPOINT = flags.DEFINE_string("checkpoint", None, "ssd_jax parameter checkpoint (e.g. WORKDIR/params).")
 WEIGHTS = flags.DEFINE_string("weights", None, "Or a published weight file (.pth/.npz/.safetensors, or a Caffe "
                               ".caffemodel with --format=caffe).")
@@ -94,7 +91,9 @@ def fail(message: str):
 
 # ----------------------------------------------------------------------------- sources
 def is_image_file(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+    from ssd_jax.image_io import is_image_file  # here: the script starts without importing jax
+
+    return is_image_file(path)
 
 
 def is_video_source(path: str) -> bool:
@@ -108,6 +107,8 @@ def expand_sources(sources: list[str]) -> tuple[list[str], list[str]]:
 
     A folder gives its image files by name; a pattern with * ? or [ gives its matches by name; a
     path is taken as it is (unreadable ones are reported when read)."""
+    from ssd_jax.image_io import IMAGE_EXTENSIONS
+
     paths, problems = [], []
     for source in sources:
         if os.path.isdir(source):

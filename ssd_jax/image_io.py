@@ -10,6 +10,12 @@ from PIL import Image, ImageOps
 # Pillow's modes of greyscale images with more than 8 bits per sample: 16-bit PNGs open as 'I;16'
 # (older Pillow: 'I'), 16-bit TIFFs as 'I;16' or 'I;16B'. 'I' (int32) is read as 16-bit samples too.
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether the file name has one of the image extensions (``IMAGE_EXTENSIONS``, any case)."""
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
 def to_rgb8(image: Image.Image) -> np.ndarray:
