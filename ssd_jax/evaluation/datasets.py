@@ -75,12 +75,16 @@ def claim_report(out_dir: str, *, overwrite: bool) -> None:
 
 
 def evaluate_split(params, model_config: SSDConfig, source: sources.Source, *, batch_size: int,
-                   iou_convention: str | None = None, voc_rules: str = "voc_eval", progress: bool = False):
+                   iou_convention: str | None = None, voc_rules: str = "voc_eval", progress: bool = False,
+                   image_size: int | None = None):
     """Detects on the whole evaluation split -> (metrics, evaluator, detections, ground truths).
 
-    ``params``: host (numpy) parameters. With several processes, each detects on its share of the
-    images (every process_count-th) and all records are gathered, ordered by image id, on every
-    process: the metrics are those of one process evaluating everything. Raises
+    ``params``: host (numpy) parameters, or an exported detector (``ssd_jax.artifacts.Artifact``)
+    with ``batch_size`` its batch. ``image_size``: the side the images are resized to before
+    detection (default the model's; an ONNX artifact's fixed input size). With several processes,
+    each detects on its share of the images (every process_count-th) and all records are
+    gathered, ordered by image id, on every process: the metrics are those of one process
+    evaluating everything. Raises
     ``EvaluationError`` if the split is empty (saying where it came from).
     """
     import jax
@@ -89,7 +93,7 @@ def evaluate_split(params, model_config: SSDConfig, source: sources.Source, *, b
                               voc_rules=voc_rules)
     examples = source.examples("eval", process_index=jax.process_index(), process_count=jax.process_count())
     batches = pipeline.as_numpy(pipeline.eval_dataset(examples, batch_size=batch_size,
-                                                      image_size=model_config.image_size))
+                                                      image_size=image_size or model_config.image_size))
     detections, truths = gather_records(*evaluator.collect(params, batches, progress=progress))
     if not truths:
         raise EvaluationError(f"the evaluation split of {source.name} is empty: {source.where} gave no images; "

@@ -165,15 +165,21 @@ class Evaluator:
         self.class_map = class_map
         self.options = options or DetectOptions()
 
-    def _detect(self, params, images: np.ndarray):
-        """Dispatches ``detect`` on the padded batch; returns without waiting for the device."""
-        return detect(params, pad_batch(np.asarray(images), self.batch_size), config=self.config,
-                      options=self.options)
+    def _detect(self, model, images: np.ndarray):
+        """Dispatches ``detect`` on the padded batch (returns without waiting for the device), or
+        runs an exported artifact on it (``ssd_jax.artifacts.Artifact``: any callable)."""
+        padded = pad_batch(np.asarray(images), self.batch_size)
+        if callable(model):
+            return model(padded)
+        return detect(model, padded, config=self.config, options=self.options)
 
     def collect(
         self, params, batches: Iterable[Mapping[str, np.ndarray]], *, progress: bool = False
     ) -> tuple[list[ImageDetections], list[ImageGroundTruth]]:
         """Detections and ground truth of every image, in pixels of the original images.
+
+        ``params``: the model's parameters, or an exported detector (``ssd_jax.artifacts.load``:
+        a callable uint8 images -> ``Detections``, with its own post-processing).
 
         Returns:
           (detections, ground_truths): one ``ImageDetections`` and one ``ImageGroundTruth`` per
