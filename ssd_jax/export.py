@@ -273,12 +273,17 @@ def to_savedmodel(params, config: SSDConfig, path: str, *, options: PostprocessO
 
 @_exporter
 def to_tflite(params, config: SSDConfig, path: str, *, options: PostprocessOptions = DEFAULTS, class_names=None,
-              batch: int = 1) -> str:
+              batch: int = 1, calibration: np.ndarray | None = None) -> str:
     """A TFLite model: ``images`` uint8 [batch, H, W, 3], any H and W (resized inside to the
     model's size, as ``detect`` resizes) -> the outputs, under signature 'serving_default';
     metadata in ``path + '.json'``. Another batch size fails in the interpreter (its first
-    operation reshapes the input to ``batch`` images)."""
+    operation reshapes the input to ``batch`` images).
+
+    ``calibration``: uint8 images [n, S, S, 3] at the model's size S: an int8 model
+    (``quantize.TFLITE_SETTINGS``), its ranges from these images, instead of float32."""
     import tensorflow as tf
+
+    from ssd_jax import quantize
 
     with _stablehlo_for_tensorflow():
         core = _tf_core(params, config, options)
@@ -299,11 +304,14 @@ def to_tflite(params, config: SSDConfig, path: str, *, options: PostprocessOptio
             tf.saved_model.save(module, staging, signatures={"serving_default": serve})
             converter = tf.lite.TFLiteConverter.from_saved_model(staging)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            if calibration is not None:
+                quantize.int8_tflite_converter(converter, calibration, batch=batch)
             model = converter.convert()
         finally:
             files.discard(staging)
+    extra = {} if calibration is None else {"quantization": quantize.tflite_settings(len(calibration))}
     files.write_json_atomically(f"{path}.json", metadata(config, options, class_names, format="tflite", batch=batch,
-                                                          image_size="free"))
+                                                          image_size="free", **extra))
     files.write_atomically(path, model)
     return path
 
@@ -311,12 +319,16 @@ def to_tflite(params, config: SSDConfig, path: str, *, options: PostprocessOptio
 # ----------------------------------------------------------------------------- ONNX
 @_exporter
 def to_onnx(params, config: SSDConfig, path: str, *, options: PostprocessOptions = DEFAULTS, class_names=None,
-            batch: int = 1, input_size: int | None = None) -> str:
+            batch: int = 1, input_size: int | None = None, calibration: np.ndarray | None = None) -> str:
     """An ONNX model (jax2onnx): input ``images`` uint8 [batch, input_size, input_size, 3], outputs
-    named boxes, scores, classes, num_detections; metadata in ``metadata_props``."""
+    named boxes, scores, classes, num_detections; metadata in ``metadata_props``.
+
+    ``calibration``: uint8 images [n, input_size, input_size, 3]: the network quantized to int8
+    (``quantize.quantize_onnx``: ONNX Runtime's static QDQ), its ranges from these images."""
     import logging
 
     logging.getLogger("jax2onnx").setLevel(logging.ERROR)  # its optional example plugins say what they lack
+    logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # notes on shapes of values it does not need to write
     try:
         import onnx  # noqa: F401  (the model's metadata is written with it)
         from jax2onnx import to_onnx as jax_to_onnx
@@ -335,7 +347,11 @@ def to_onnx(params, config: SSDConfig, path: str, *, options: PostprocessOptions
 
     model = jax_to_onnx(run, [jax.ShapeDtypeStruct((batch, input_size, input_size, 3), jnp.uint8)],
                         model_name=config.name, input_names=["images"], output_names=list(OUTPUTS))
-    info = metadata(config, options, class_names, format="onnx", batch=batch, image_size=input_size)
+    extra = {}
+    if calibration is not None:
+        model, extra["quantization"] = _quantized_onnx(model, path, calibration, batch=batch, config=config)
+    info = metadata(config, options, class_names, format="onnx", batch=batch, image_size=input_size, **extra)
+    del model.metadata_props[:]
     for key, value in (("ssd_jax", json.dumps(info)), ("class_names", json.dumps(info["class_names"]))):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
@@ -343,11 +359,30 @@ def to_onnx(params, config: SSDConfig, path: str, *, options: PostprocessOptions
     return path
 
 
+def _quantized_onnx(model, path: str, calibration: np.ndarray, *, batch: int, config: SSDConfig):
+    """The float ONNX ``model`` -> (its int8 version, the quantization settings), through files in
+    a staging directory beside ``path`` (ONNX Runtime's quantizer works on files)."""
+    import onnx
+
+    from ssd_jax import quantize
+
+    staging = files.staging_directory(path)
+    try:
+        float_path, int8_path = os.path.join(staging, "float.onnx"), os.path.join(staging, "int8.onnx")
+        files.write_atomically(float_path, model.SerializeToString())
+        settings = quantize.quantize_onnx(float_path, int8_path, calibration, batch=batch,
+                                          num_priors=len(priors(config)), num_classes=config.num_classes)
+        return onnx.load(int8_path), settings
+    finally:
+        files.discard(staging)
+
+
 EXPORTERS = {"stablehlo": to_stablehlo, "savedmodel": to_savedmodel, "tflite": to_tflite, "onnx": to_onnx}
 
 
 def export(params, config: SSDConfig, path: str, *, format: str, options: PostprocessOptions | None = None,
-           class_names=None, batch: int = 1, input_size: int | None = None, overwrite: bool = False) -> str:
+           class_names=None, batch: int = 1, input_size: int | None = None, overwrite: bool = False,
+           quantize: str | None = None, calibration_images: np.ndarray | None = None) -> str:
     """Writes ``format`` (one of ``FORMATS``) of the detector to ``path``; returns it.
 
     ``options``: the post-processing baked in (default: ``postprocess_options(config)``, as
@@ -355,9 +390,25 @@ def export(params, config: SSDConfig, path: str, *, format: str, options: Postpr
     image side (TFLite, StableHLO and the SavedModel take any size). An existing ``path`` is
     replaced only with ``overwrite`` and only if it is an ssd_jax export of the same format
     (``ExportError`` otherwise, before any work); the new artifact takes its place whole.
+    ``quantize="int8"`` (ONNX and TFLite): post-training int8, calibrated on
+    ``calibration_images``, uint8 [n, S, S, 3] at the artifact's input size S (ONNX's
+    ``input_size``, else the model's): ``ssd_jax.quantize.calibration_images`` reads a folder so.
     """
     if format not in EXPORTERS:
         raise ExportError(f"unknown format {format!r}; choose one of {list(FORMATS)}")
+    if quantize not in (None, "int8"):
+        raise ExportError(f"quantize must be None or 'int8', got {quantize!r}")
+    if quantize and format not in ("onnx", "tflite"):
+        raise ExportError(f"{format} cannot be quantized here: int8 export is for onnx and tflite (the runtimes that "
+                          f"run int8 kernels); export {format} in float32")
+    if quantize and (calibration_images is None or len(calibration_images) == 0):
+        raise ExportError("int8 export needs calibration images: the ranges of the activations come from them")
+    if quantize:
+        size = (input_size or config.image_size) if format == "onnx" else config.image_size
+        shape = np.shape(calibration_images)
+        if len(shape) != 4 or shape[1:] != (size, size, 3) or np.asarray(calibration_images).dtype != np.uint8:
+            raise ExportError(f"calibration images must be uint8 [n, {size}, {size}, 3] (the artifact's input size), "
+                              f"got {np.asarray(calibration_images).dtype} {list(shape)}")
     if batch < 1 or (input_size is not None and input_size < 1):
         raise ExportError(f"batch and input_size must be >= 1, got {batch}, {input_size}")
     if input_size is not None and format != "onnx":
@@ -369,4 +420,6 @@ def export(params, config: SSDConfig, path: str, *, format: str, options: Postpr
         kwargs.update(batch=batch)
     if format == "onnx":
         kwargs.update(batch=batch, input_size=input_size)
+    if quantize:
+        kwargs.update(calibration=np.asarray(calibration_images))
     return EXPORTERS[format](jax.tree.map(np.asarray, params), config, path, **kwargs)
