@@ -14,7 +14,7 @@ import pytest
 from random_models import spread_params
 
 import ssd_jax
-from ssd_jax import checkpoint, configs, export
+from ssd_jax import artifacts, checkpoint, configs, export
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), os.pardir, "experiments")
 CONFIG = configs.ssd_tiny(num_classes=4)
@@ -84,6 +84,11 @@ def test_savedmodel_serves_any_batch_and_size_from_one_artifact(params, tmp_path
         # TF resizes and computes in another order than XLA: float noise; the same detections.
         assert_same_detections(output, ssd_jax.detect(params, batch, config=CONFIG))
     assert export.is_artifact(path, "savedmodel") and not export.is_artifact(path, "tflite")
+    # What evaluate.py --artifact runs: the same detections through ssd_jax.artifacts.
+    loaded = artifacts.load(path)
+    assert (loaded.format, loaded.batch, loaded.image_size, loaded.class_names) == ("savedmodel", None, None,
+                                                                                   list(NAMES))
+    assert_same_detections(loaded(batches[1])._asdict(), ssd_jax.detect(params, batches[1], config=CONFIG))
     with pytest.raises(export.ExportError, match="already holds a savedmodel export; pass --overwrite"):
         export.export(params, CONFIG, path, format="savedmodel")  # refused before any work
 
@@ -100,6 +105,10 @@ def test_stablehlo_from_the_command_line_serves_any_batch(params, tmp_path):
     for batch, output in zip(batches, outputs):
         assert_same_detections(output, ssd_jax.detect(params, batch, config=CONFIG), boxes_atol=1e-5,
                                scores_atol=1e-6)
+    loaded = artifacts.load(tmp_path / "model.stablehlo")  # what evaluate.py --artifact runs
+    assert (loaded.format, loaded.batch, loaded.config) == ("stablehlo", None, CONFIG)
+    assert_same_detections(loaded(batches[1])._asdict(), ssd_jax.detect(params, batches[1], config=CONFIG),
+                           boxes_atol=1e-5, scores_atol=1e-6)
 
 
 def test_bad_exports_are_refused_clearly(params, tmp_path):
