@@ -41,6 +41,8 @@ BATCH = flags.DEFINE_integer("batch", 8, "The artifacts' fixed batch.")
 FORMATS = flags.DEFINE_list("formats", ["onnx", "tflite"], "Artifact formats.")
 ROUNDS = flags.DEFINE_integer("rounds", 5, "Timing alternations (medians reported).")
 CALLS = flags.DEFINE_integer("calls", 5, "Calls per timing.")
+MIN_SCORE = flags.DEFINE_float("min_score", 0.3, "Float detections from this score on are looked for in int8's "
+                                "(random weights score low: 0.02 or so).")
 OUT = flags.DEFINE_string("out", "benchmarks/results/bench_int8.json", "JSON to write.")
 
 
@@ -97,7 +99,8 @@ def main(argv):
         for _ in range(ROUNDS.value):
             for dtype in times:
                 times[dtype].append(seconds_per_batch(loaded[dtype], images))
-        comparison = quantize.compare_detections(loaded["float32"](images), loaded["int8"](images))
+        comparison = quantize.compare_detections(loaded["float32"](images), loaded["int8"](images),
+                                                 min_score=MIN_SCORE.value)
         for dtype, artifact in loaded.items():
             row = {"format": fmt, "dtype": dtype, "size_mb": os.path.getsize(artifact.path) / 2**20,
                    "ms_per_image": 1e3 * statistics.median(times[dtype]) / BATCH.value}
@@ -108,16 +111,18 @@ def main(argv):
         float_row, int8_row = rows[-2], rows[-1]
         int8_row.update(size_ratio=int8_row["size_mb"] / float_row["size_mb"],
                         speedup=float_row["ms_per_image"] / int8_row["ms_per_image"],
-                        found=comparison["found"], mean_iou=comparison["mean_iou"])
+                        found=comparison["found"], mean_iou=comparison["mean_iou"],
+                        compared=comparison["detections"])
         if source is not None:
             int8_row["mAP_change"] = int8_row["voc07_mAP"] - float_row["voc07_mAP"]
         print(f"{fmt}: int8 against float32 on {len(images)} calibration images: "
-              f"{quantize.describe_comparison(comparison)}")
+              f"{quantize.describe_comparison(comparison, MIN_SCORE.value)}")
     columns = [("format", "format"), ("dtype", "dtype"), ("size_mb", "MiB"), ("size_ratio", "size vs float"),
                ("ms_per_image", "ms / image"), ("speedup", "int8 speed-up")]
     if source is not None:
         columns += [("voc07_mAP", "VOC07 mAP"), ("voc_mAP", "all-point mAP"), ("mAP_change", "VOC07 change")]
-    columns += [("found", "float detections found"), ("mean_iou", "their mean IoU")]
+    columns += [("compared", f"float detections >= {MIN_SCORE.value}"), ("found", "found in int8"),
+                ("mean_iou", "their mean IoU")]
     what = CHECKPOINT.value or f"{MODEL.value} (random weights)"
     print(f"\n{config.name} from {what}, batch {BATCH.value}, {len(calibration)} calibration images; "
           f"{benchlib.machine()}\n")

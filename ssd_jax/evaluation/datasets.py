@@ -1,6 +1,7 @@
 """Evaluation on a data set's evaluation split: the one path that training, experiments/evaluate.py
 and the detection pictures share. The data set is an opened ``sources.Source`` (TFDS or on disk).
-Imports TensorFlow (the input pipeline); the metrics themselves (``ssd_jax.evaluation``) do not.
+Reading the split imports TensorFlow (the input pipeline), on first use: the checks before it
+(classes, output directory) answer at once.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from ssd_jax import files
 from ssd_jax.configs import SSDConfig
-from ssd_jax.data import pipeline, sources
+from ssd_jax.data import sources
 from ssd_jax.evaluation import plots
 from ssd_jax.evaluation.evaluator import Evaluator
 from ssd_jax.evaluation.voc import ImageDetections, ImageGroundTruth
@@ -52,6 +53,8 @@ def evaluator_for(model_config: SSDConfig, source: sources.Source, *, batch_size
 def evaluation_batches(source: sources.Source, *, image_size: int, batch_size: int
                        ) -> Iterator[dict[str, np.ndarray]]:
     """The evaluation split's numpy batches (images resized to ``image_size``, all objects kept)."""
+    from ssd_jax.data import pipeline
+
     return pipeline.as_numpy(pipeline.eval_dataset(source.examples("eval"), batch_size=batch_size,
                                                    image_size=image_size))
 
@@ -88,6 +91,8 @@ def evaluate_split(params, model_config: SSDConfig, source: sources.Source, *, b
     ``EvaluationError`` if the split is empty (saying where it came from).
     """
     import jax
+
+    from ssd_jax.data import pipeline
 
     evaluator = evaluator_for(model_config, source, batch_size=batch_size, iou_convention=iou_convention,
                               voc_rules=voc_rules)
