@@ -1,7 +1,10 @@
 """Test-session setup."""
 
+import fcntl
 import glob
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,9 +55,30 @@ def res10_files(tmp_path_factory):
     return tuple(str(folder / f) for f in RES10_FILES)
 
 
+# ----------------------------------------------------------------------------- built once per run
+def built_once(tmp_path_factory, name: str, build) -> pathlib.Path:
+    """A directory that ``build(directory)`` fills once for the whole test run -> that directory.
+
+    Under pytest-xdist each worker has its own session, so a session (or module) fixture would
+    be built once per worker that needs it: here the first worker builds it in the run's shared
+    temporary directory while any other waits on a lock, then reads it."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        directory = tmp_path_factory.mktemp(name)
+        build(directory)
+        return directory
+    root = tmp_path_factory.getbasetemp().parent  # the run's: the workers' are root/popen-gwN
+    directory, done = root / name, root / name / ".built"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            build(directory)
+            done.write_text("")
+    return directory
+
+
 # ----------------------------------------------------------------------------- a trained model
-# Tests that use these mark themselves xdist_group("voc_folder_model"): pytest -n 2 (--dist
-# loadgroup, setup.cfg) runs them on one worker, so the model is trained once per session.
 EXPERIMENTS = os.path.join(REPO, "experiments")
 
 
@@ -63,23 +87,27 @@ def voc_folder(tmp_path_factory):
     """A generated VOC folder of the shapes: 40 images, 10 of them in test.txt."""
     from ssd_jax.data import shapes
 
-    root = tmp_path_factory.mktemp("own_voc")
-    shapes.write_voc_folder(root, 40, seed=3, test_fraction=0.25)
-    return root
+    return built_once(tmp_path_factory, "own_voc",
+                      lambda root: shapes.write_voc_folder(root, 40, seed=3, test_fraction=0.25))
 
 
 @pytest.fixture(scope="session")
 def trained_on_voc_folder(tmp_path_factory, voc_folder):
-    """(workdir, the CompletedProcess) of experiments/train.py on ``voc_folder``: ssd_tiny, 150 steps
-    of the shapes recipe, evaluated at the end. Long enough for detections worth scoring (mAP well
-    above 0), so that scorings and exports can differ."""
-    workdir = tmp_path_factory.mktemp("w") / "run"
-    out = subprocess.run([sys.executable, os.path.join(EXPERIMENTS, "train.py"),
-                          f"--config={os.path.join(EXPERIMENTS, 'configs', 'shapes_ssd_tiny.py')}",
-                          "--config.dataset=vocdir", f"--config.data_dir={voc_folder}", f"--workdir={workdir}",
-                          "--config.batch_size=8", "--config.eval_batch_size=8", "--config.shuffle_buffer=16",
-                          "--config.log_every=10", "--config.num_steps=150", "--config.checkpoint_every=150",
-                          "--config.eval_every=150", "--config.warmup_steps=20", "--config.lr_boundaries=(120,)"],
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return workdir, out
+    """(workdir, what train.py printed) of experiments/train.py on ``voc_folder``: ssd_tiny, 150
+    steps of the shapes recipe, evaluated at the end; trained once per test run (it serves
+    tests/test_own_data.py and tests/test_quantize.py). Long enough for detections worth scoring
+    (mAP well above 0), so that scorings and exports can differ."""
+
+    def train(directory):
+        out = subprocess.run([sys.executable, os.path.join(EXPERIMENTS, "train.py"),
+                              f"--config={os.path.join(EXPERIMENTS, 'configs', 'shapes_ssd_tiny.py')}",
+                              "--config.dataset=vocdir", f"--config.data_dir={voc_folder}",
+                              f"--workdir={directory / 'run'}", "--config.batch_size=8", "--config.eval_batch_size=8",
+                              "--config.shuffle_buffer=16", "--config.log_every=10", "--config.num_steps=150",
+                              "--config.checkpoint_every=150", "--config.eval_every=150", "--config.warmup_steps=20",
+                              "--config.lr_boundaries=(120,)"], capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+        (directory / "stdout.txt").write_text(out.stdout)
+
+    directory = built_once(tmp_path_factory, "voc_folder_model", train)
+    return directory / "run", (directory / "stdout.txt").read_text()

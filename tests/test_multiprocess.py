@@ -11,10 +11,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from types import SimpleNamespace
 
 import jax
 import numpy as np
 import pytest
+from conftest import built_once
 
 from ssd_jax import checkpoint
 from ssd_jax.data import sources
@@ -76,32 +78,40 @@ def wait_for_history(history, lines, processes):
 def runs(tmp_path_factory, data_dir):
     """A training of 2 processes x 1 device: process 1 killed (SIGKILL) midway; the same command
     again, process 1 sent SIGTERM after a step; the same command a third time, through
-    launch_local.py, to the end; and the same training as 1 process x 2 devices."""
-    root = tmp_path_factory.mktemp("runs")
-    command = train_args(data_dir, root / "two")  # process 0 evaluates and draws at the end
-    history = root / "two" / "metrics.jsonl"
-    processes = start_processes(command)
-    logged = wait_for_history(history, 4, processes)
-    processes[1].kill()
-    killed_at = time.time()
-    output, _ = processes[0].communicate(timeout=300)
-    killed = {"returncode": processes[0].returncode, "waited": time.time() - killed_at, "output": output,
-              "params_written": (root / "two" / "params").exists()}
-    processes[1].communicate()
-    # The same command resumes; SIGTERM to one process once it has trained a step past the kill.
-    processes = start_processes(command)
-    wait_for_history(history, logged + 1, processes)
-    processes[1].send_signal(signal.SIGTERM)
-    terminated = [(p.communicate(timeout=300)[0], p.returncode) for p in processes]
-    # The same command on every process resumes from the last checkpoint, to the end.
-    two = subprocess.run([sys.executable, LAUNCH, "--num_processes=2", "--", *command[1:], "--peer_timeout=20"],
-                         env=env(1), capture_output=True, text=True, timeout=900)
-    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
-    # The same training without evaluation: evaluation over processes is tested on its own below.
-    one = subprocess.run(train_args(data_dir, root / "one", eval_every=0), env=env(2), capture_output=True, text=True,
-                         timeout=900)
-    assert one.returncode == 0, one.stderr[-3000:]
-    return root, killed, terminated, two
+    launch_local.py, to the end; and the same training as 1 process x 2 devices. Run once per
+    test run (several workers of pytest -n share it)."""
+
+    def run_all(root):
+        command = train_args(data_dir, root / "two")  # process 0 evaluates and draws at the end
+        history = root / "two" / "metrics.jsonl"
+        processes = start_processes(command)
+        logged = wait_for_history(history, 4, processes)
+        processes[1].kill()
+        killed_at = time.time()
+        output, _ = processes[0].communicate(timeout=300)
+        killed = {"returncode": processes[0].returncode, "waited": time.time() - killed_at, "output": output,
+                  "params_written": (root / "two" / "params").exists()}
+        processes[1].communicate()
+        # The same command resumes; SIGTERM to one process once it has trained a step past the kill.
+        processes = start_processes(command)
+        wait_for_history(history, logged + 1, processes)
+        processes[1].send_signal(signal.SIGTERM)
+        terminated = [(p.communicate(timeout=300)[0], p.returncode) for p in processes]
+        # The same command on every process resumes from the last checkpoint, to the end.
+        two = subprocess.run([sys.executable, LAUNCH, "--num_processes=2", "--", *command[1:], "--peer_timeout=20"],
+                             env=env(1), capture_output=True, text=True, timeout=900)
+        assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+        # The same training without evaluation: evaluation over processes is tested on its own below.
+        one = subprocess.run(train_args(data_dir, root / "one", eval_every=0), env=env(2), capture_output=True,
+                             text=True, timeout=900)
+        assert one.returncode == 0, one.stderr[-3000:]
+        (root / "results.json").write_text(json.dumps({
+            "killed": killed, "terminated": terminated,
+            "two": {"stdout": two.stdout, "stderr": two.stderr, "returncode": two.returncode}}))
+
+    root = built_once(tmp_path_factory, "multiprocess_runs", run_all)
+    results = json.loads((root / "results.json").read_text())
+    return root, results["killed"], [tuple(pair) for pair in results["terminated"]], SimpleNamespace(**results["two"])
 
 
 def test_a_killed_process_ends_the_job_and_the_same_command_resumes(runs):

@@ -19,9 +19,6 @@ from ssd_jax.evaluation import ImageDetections, ImageGroundTruth
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), os.pardir, "experiments")
 RECIPE = os.path.join(EXPERIMENTS, "configs", "shapes_ssd_tiny.py")
-# voc_folder and trained_on_voc_folder (conftest.py) are shared with tests/test_quantize.py: one
-# training, on the worker that runs this group.
-pytestmark = pytest.mark.xdist_group("voc_folder_model")
 SHORT = ["--config.batch_size=8", "--config.num_steps=30", "--config.checkpoint_every=30", "--config.eval_every=30",
          "--config.eval_batch_size=8", "--config.shuffle_buffer=16", "--config.log_every=10"]
 
@@ -34,7 +31,7 @@ def script(name, *args):
 def test_a_voc_folder_trains_from_the_command_line_with_its_own_classes(trained_on_voc_folder):
     workdir, out = trained_on_voc_folder
     names = sorted(shapes.CLASS_NAMES)
-    assert "5 classes; skipped: nothing" in out.stdout
+    assert "5 classes; skipped: nothing" in out
     assert checkpoint.load_metadata(workdir / "params")["class_names"] == names  # the XML names, sorted
     assert (workdir / "detections.png").exists()
 

@@ -11,6 +11,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from conftest import built_once
 from PIL import Image
 
 import ssd_jax
@@ -18,7 +19,6 @@ from ssd_jax import artifacts, checkpoint, configs, quantize
 from ssd_jax.detect import resize_images
 from ssd_jax.nms import Detections
 
-pytestmark = pytest.mark.xdist_group("voc_folder_model")
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), os.pardir, "experiments")
 
 
@@ -29,16 +29,22 @@ def script(name, *args):
 
 @pytest.fixture(scope="module")
 def onnx_pair(trained_on_voc_folder, voc_folder, tmp_path_factory):
-    """(float ONNX path, int8 ONNX path, what the int8 export printed), batch 8, from the command line."""
+    """(float ONNX path, int8 ONNX path, what the int8 export printed), batch 8, from the command
+    line; exported once per test run."""
     workdir, _ = trained_on_voc_folder
-    out_dir = tmp_path_factory.mktemp("onnx")
-    paths = (str(out_dir / "float.onnx"), str(out_dir / "int8.onnx"))
-    out = script("export.py", f"--checkpoint={workdir / 'params'}", "--format=onnx", "--batch=8", f"--out={paths[0]}")
-    assert out.returncode == 0, out.stderr[-3000:]
-    out = script("export.py", f"--checkpoint={workdir / 'params'}", "--format=onnx", "--batch=8", "--quantize=int8",
-                 f"--calibration_images={voc_folder / 'JPEGImages'}", "--calibration_count=30", f"--out={paths[1]}")
-    assert out.returncode == 0, out.stderr[-3000:]
-    return (*paths, out.stdout)
+
+    def export_both(out_dir):
+        out = script("export.py", f"--checkpoint={workdir / 'params'}", "--format=onnx", "--batch=8",
+                     f"--out={out_dir / 'float.onnx'}")
+        assert out.returncode == 0, out.stderr[-3000:]
+        out = script("export.py", f"--checkpoint={workdir / 'params'}", "--format=onnx", "--batch=8",
+                     "--quantize=int8", f"--calibration_images={voc_folder / 'JPEGImages'}", "--calibration_count=30",
+                     f"--out={out_dir / 'int8.onnx'}")
+        assert out.returncode == 0, out.stderr[-3000:]
+        (out_dir / "printed.txt").write_text(out.stdout)
+
+    out_dir = built_once(tmp_path_factory, "onnx_pair", export_both)
+    return str(out_dir / "float.onnx"), str(out_dir / "int8.onnx"), (out_dir / "printed.txt").read_text()
 
 
 # Runs both ONNX files in ONNX Runtime in a process without JAX or ssd_jax: argv[1:] = float path,
