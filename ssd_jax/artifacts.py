@@ -20,7 +20,6 @@ from ssd_jax import configs, files
 from ssd_jax.configs import SSDConfig
 from ssd_jax.nms import Detections
 
-OUTPUTS = ("boxes", "scores", "classes", "num_detections")
 METADATA_FILE = "ssd_jax.json"  # a SavedModel's, in its assets/
 
 
@@ -89,7 +88,9 @@ class Artifact:
                           num_detections=np.asarray(outputs["num_detections"], np.int32))
 
 
-def _json_metadata(path: str) -> dict | None:
+def json_metadata(path: str) -> dict | None:
+    """The metadata in the JSON file ``path`` if ssd_jax wrote it for an artifact (also before
+    metadata named its producer), else None."""
     return files.read_json(path) if os.path.isfile(path) and files.is_our_json(
         path, legacy=lambda value: "format_version" in value and "config" in value) else None
 
@@ -113,12 +114,12 @@ def read_metadata(path: str) -> dict:
     if not os.path.exists(path):
         raise ArtifactError(f"no artifact at {path}: export one with experiments/export.py")
     if os.path.isdir(path):
-        meta = _json_metadata(os.path.join(path, "assets", METADATA_FILE))
+        meta = json_metadata(os.path.join(path, "assets", METADATA_FILE))
         if meta is None:
             raise ArtifactError(f"{path} is a directory but not an ssd_jax SavedModel (no assets/{METADATA_FILE}); "
                                 f"give an artifact written by experiments/export.py")
         return {**meta, "format": meta.get("format", "savedmodel")}
-    meta = _json_metadata(f"{path}.json")
+    meta = json_metadata(f"{path}.json")
     if meta is not None:  # StableHLO and TFLite: the metadata beside the file
         return meta
     meta = onnx_metadata(path)

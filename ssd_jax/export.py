@@ -37,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssd_jax import artifacts, configs, files
 from ssd_jax import boxes as box_lib
-from ssd_jax import configs, files
 from ssd_jax.configs import SSDConfig
 from ssd_jax.detect import _detect, postprocess_options, resize_images
 from ssd_jax.models import SSD, fast_grads
@@ -47,7 +47,7 @@ from ssd_jax.priors import priors
 
 FORMATS = ("stablehlo", "savedmodel", "tflite", "onnx")
 OUTPUTS = ("boxes", "scores", "classes", "num_detections")
-METADATA_FILE = "ssd_jax.json"
+METADATA_FILE = artifacts.METADATA_FILE
 
 
 class ExportError(ValueError):
@@ -111,20 +111,9 @@ def _exporter(exporter: Callable) -> Callable:
 
 
 def _is_our_metadata(path: str, format: str) -> bool:
-    """Whether the JSON file ``path`` is the metadata of an ssd_jax ``format`` artifact (also
-    those written before metadata named its producer)."""
-    return files.is_our_json(path, legacy=lambda value: "format_version" in value and "config" in value) and (
-        files.read_json(path).get("format") == format)
-
-
-def _is_onnx_artifact(path: str) -> bool:
-    try:
-        import onnx
-
-        model = onnx.load(path, load_external_data=False)
-    except Exception:  # noqa: BLE001 - not an ONNX file at all, or no onnx to read it: not ours either way
-        return False
-    return any(entry.key == "ssd_jax" for entry in model.metadata_props)
+    """Whether the JSON file ``path`` is the metadata of an ssd_jax ``format`` artifact."""
+    meta = artifacts.json_metadata(path)
+    return meta is not None and meta.get("format") == format
 
 
 def is_artifact(path: str, format: str) -> bool:
@@ -135,7 +124,7 @@ def is_artifact(path: str, format: str) -> bool:
     if os.path.isdir(path):
         return False
     if format == "onnx":
-        return _is_onnx_artifact(path)
+        return artifacts.onnx_metadata(path) is not None
     # StableHLO and TFLite: the metadata beside the file (the file may be gone).
     return _is_our_metadata(f"{path}.json", format)
 

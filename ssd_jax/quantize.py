@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from ssd_jax import image_io
+from ssd_jax.evaluation.voc import pairwise_iou
 
 QUANTIZE_FORMATS = ("onnx", "tflite")
 DEFAULT_CALIBRATION_COUNT = 200
@@ -195,15 +196,6 @@ def quantize_onnx(float_path: str, out_path: str, images: np.ndarray, *, batch: 
 
 
 # ----------------------------------------------------------------------------- how far from float
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[n, 4], [m, 4] corner boxes -> [n, m] IoU."""
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
-    area = lambda boxes: np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=-1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
-
-
 def compare_detections(reference, other, *, min_score: float = 0.3) -> dict:
     """How far ``other``'s detections are from ``reference``'s (both ``Detections`` of the same
     images): of the reference's detections scoring at least ``min_score``, the fraction that
@@ -218,7 +210,7 @@ def compare_detections(reference, other, *, min_score: float = 0.3) -> dict:
         count += len(boxes)
         if not len(boxes) or not m:
             continue
-        overlap = _iou(boxes, np.asarray(other.boxes[i, :m]))
+        overlap = pairwise_iou(boxes, np.asarray(other.boxes[i, :m]), iou_convention="continuous")
         overlap[classes[:, None] != np.asarray(other.classes[i, :m])[None, :]] = 0
         best = overlap.argmax(axis=1)
         for j, k in enumerate(best):

@@ -128,7 +128,7 @@ def test_evaluate_runs_artifacts_as_it_runs_the_checkpoint(trained_on_voc_folder
 def test_load_gives_a_detector_with_the_artifacts_metadata(onnx_pair, trained_on_voc_folder):
     _, int8_path, _ = onnx_pair
     artifact = artifacts.load(int8_path)
-    params, config = checkpoint.load_params(trained_on_voc_folder[0] / "params")
+    _, config = checkpoint.load_params(trained_on_voc_folder[0] / "params")
     assert (artifact.format, artifact.batch, artifact.image_size) == ("onnx", 8, 128)
     assert artifact.config == config and artifact.class_names == ["circle", "hexagon", "square", "star", "triangle"]
     assert artifact.quantization["dtype"] == "int8" and "int8" in artifact.describe()
@@ -139,7 +139,6 @@ def test_load_gives_a_detector_with_the_artifacts_metadata(onnx_pair, trained_on
         artifact(images[:3])
     with pytest.raises(artifacts.ArtifactError, match="takes 128x128 images"):
         artifact(np.zeros((8, 100, 128, 3), np.uint8))
-    del params
 
 
 # ----------------------------------------------------------------------------- bad input
